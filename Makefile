@@ -1,0 +1,32 @@
+# Two commands do everything on a fresh machine: `make reports` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# torch is pinned here, not in pyproject.toml, so other machines may take newer releases
+# (make TORCH="torch torchvision" or the conda environment.yml).
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+PROFILE ?= quick
+ONLY   ?=
+STAMP  := $(VENV)/.installed
+
+.PHONY: install reports test lint clean-outputs
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+reports: install
+	$(VENV)/bin/pixelcam reports --profile $(PROFILE) $(if $(ONLY),--only $(ONLY))
+
+test: install
+	$(VENV)/bin/pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check pixelcam tests
+
+clean-outputs:
+	rm -rf outputs/$(PROFILE)

@@ -1,0 +1,246 @@
+"""Typed run configuration: flat YAML params, validated, with stable hashes for the run cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from pixelcam.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every knob of a PixelCAM experiment; params files set a subset, the rest keep these defaults.
+
+    Defaults are the paper's / official code's settings (official-code-notes.md sections 3-5);
+    the quick profile overrides them for a CPU.
+    """
+
+    # --- data -----------------------------------------------------------------------------
+    dataset: str = "glas"  # name used for the paper columns: glas | camelyon16 | synthetic
+    data_root: str = "synthetic"  # folder image ids are relative to; "synthetic" = embedded default
+    fold_dir: str = ""  # folder with train/valcl/valpx/test; "" = <data_root>/folds/fold-0
+    synthetic_n_train: int = 60
+    synthetic_n_valcl: int = 16
+    synthetic_n_test: int = 40
+    synthetic_n_valpx_per_class: int = 3
+    synthetic_width: int = 192
+    synthetic_height: int = 160
+    synthetic_seed: int = 0
+    image_size: int = 224  # crop size (train) and evaluation size
+    resize_size: int = 256  # train images are resized to this square before the random crop
+    color_jitter: bool = True
+
+    # --- model ----------------------------------------------------------------------------
+    backbone: str = "resnet50"
+    pretrained: str = "false"  # false | timm | <path to a local weight file>
+    output_stride: int = 8
+    num_classes: int = 2
+    spatial_dropout: float = 0.1
+    support_background: bool = True
+    method: str = "layercam"  # the WSOL baseline whose CAMs seed PixelCAM
+
+    # --- optimisation (both phases) -------------------------------------------------------
+    epochs: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-3
+    head_lr_ratio: float = 10.0  # last stage + heads at lr * ratio (official opt__lr_classifier_ratio)
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    step_size: int = 5
+    gamma: float = 0.1
+    lr_floor: float = 1e-6
+    seed: int = 0
+
+    # --- PixelCAM phase -------------------------------------------------------------------
+    pixelcam_epochs: int = 0  # 0 = same as epochs
+    pixel_head: str = "linear"  # linear | multi_layer
+    seeder: str = "pb"  # pb (probability-based) | th (Otsu threshold)
+    n_fg: int = 5
+    n_bg: int = 5
+    min_p: float = 0.2  # PB reads sl_ng_min_p (0.2) in the official code, not the README's 0.4
+    bg_mode: str = "official"  # official: uniform in the lowest-min_p region | paper: prop. to 1-CAM
+    lam: float = 1.0
+    cam_checkpoint: str = "b-loc"  # baseline checkpoint whose CAMs seed PixelCAM (Table 14)
+    init_checkpoint: str = "b-cl"  # baseline checkpoint PixelCAM starts from (official README)
+    low_res: bool = False  # True: CE at feature resolution on a downsampled CAM
+    pixel_loss_rows: str = "all"  # all | positive (CAMELYON with neg_samples_partial False)
+
+    # --- evaluation and runtime (do not change results; not hashed) ---------------------
+    select: str = "b-loc"  # checkpoint whose test numbers are the headline (official default)
+    eval_batch_size: int = 64
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision on CUDA only; CPU always fp32
+    num_workers: int = 0
+    cache_dir: str = ".cache/pixelcam"
+    progress: bool = False
+    figure_images: int = 4  # images per class in map grids
+
+    def __post_init__(self) -> None:
+        _check_choices(self)
+
+    @property
+    def total_pixelcam_epochs(self) -> int:
+        return self.pixelcam_epochs or self.epochs
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "Config":
+        return load_config(None, {**self.to_dict(), **changes})
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "method": ("layercam",),
+    "pixel_head": ("linear", "multi_layer"),
+    "seeder": ("pb", "th"),
+    "bg_mode": ("official", "paper"),
+    "cam_checkpoint": ("b-loc", "b-cl"),
+    "init_checkpoint": ("b-loc", "b-cl"),
+    "select": ("b-loc", "b-cl"),
+    "pixel_loss_rows": ("all", "positive"),
+}
+
+# Keys that never change a trained model or its numbers: left out of the run hashes.
+RUNTIME_KEYS = frozenset(
+    {"select", "eval_batch_size", "device", "amp", "num_workers", "cache_dir", "progress",
+     "figure_images"}
+)
+# Keys that only the PixelCAM phase reads: a baseline is shared by every value of these.
+PIXELCAM_KEYS = frozenset(
+    {"pixelcam_epochs", "pixel_head", "seeder", "n_fg", "n_bg", "min_p", "bg_mode", "lam",
+     "cam_checkpoint", "init_checkpoint", "low_res", "pixel_loss_rows"}
+)
+HASH_VERSION = 1  # bump when training code changes what a config produces
+
+
+def _check_choices(cfg: Config) -> None:
+    for key, valid in CHOICES.items():
+        value = getattr(cfg, key)
+        if value not in valid:
+            raise ConfigError(f"{key}={value!r} is not valid: use one of {', '.join(valid)}")
+    for key in ("epochs", "batch_size", "image_size", "resize_size", "n_fg", "n_bg",
+                "eval_batch_size", "num_classes"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"{key}={getattr(cfg, key)} must be a positive integer")
+    if cfg.resize_size < cfg.image_size:
+        raise ConfigError(
+            f"resize_size={cfg.resize_size} is smaller than image_size={cfg.image_size}: "
+            "the random crop needs resize_size >= image_size"
+        )
+    if not 0.0 < cfg.min_p <= 1.0:
+        raise ConfigError(f"min_p={cfg.min_p} must lie in (0, 1]")
+
+
+def _field_types() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in fields(Config)}
+
+
+def _coerce(key: str, value: Any, kind: type, source: str) -> Any:
+    """Accept what YAML or a `-p key=value` override gives, refuse anything ambiguous."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(value, bool):  # YAML turns `pretrained: false` into a bool
+            return str(value).lower()
+        if isinstance(value, (str, int, float)):
+            return str(value)
+    raise ConfigError(
+        f"{source}: {key}={value!r} should be of type {kind.__name__}"
+    )
+
+
+def valid_keys() -> list[str]:
+    return [f.name for f in fields(Config)]
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Build a Config from a flat YAML file plus overrides; unknown keys and bad types are errors."""
+    values: dict[str, Any] = {}
+    source = "overrides"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"params file {path} does not exist: give a path under params/<profile>/")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"params file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"params file {path} must be a flat mapping of key: value")
+        values.update(loaded)
+    merged = [(k, v, source) for k, v in values.items()]
+    merged += [(k, v, "overrides") for k, v in (overrides or {}).items()]
+    types_ = _field_types()
+    clean: dict[str, Any] = {}
+    for key, value, src in merged:
+        if key not in types_:
+            raise ConfigError(
+                f"{src}: unknown key {key!r}; valid keys are: {', '.join(valid_keys())}"
+            )
+        clean[key] = _coerce(key, value, types_[key], src)
+    return Config(**clean)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse a `key=value` command-line override (value read as YAML: 3, 0.1, true, name)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _digest(payload: Mapping[str, Any]) -> str:
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha1(blob).hexdigest()[:12]
+
+
+def baseline_key(cfg: Config) -> str:
+    """Hash of what a baseline depends on, so every notebook and PixelCAM variant shares it."""
+    d = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS | PIXELCAM_KEYS}
+    return _digest({"v": HASH_VERSION, "stage": "baseline", **d})
+
+
+def pixelcam_key(cfg: Config) -> str:
+    d = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS}
+    d["pixelcam_epochs"] = cfg.total_pixelcam_epochs
+    return _digest({"v": HASH_VERSION, "stage": "pixelcam", **d})
+
+
+def params_hash(cfg: Config) -> str:
+    return _digest(cfg.to_dict())
+
+
+__all__ = [
+    "Config", "load_config", "parse_override", "valid_keys", "baseline_key", "pixelcam_key",
+    "params_hash", "CHOICES",
+]

@@ -1,0 +1,76 @@
+import pytest
+
+from pixelcam.config import (
+    Config, baseline_key, load_config, params_hash, parse_override, pixelcam_key, valid_keys,
+)
+from pixelcam.errors import ConfigError
+
+
+def test_defaults_are_the_papers():
+    cfg = Config()
+    assert (cfg.lr, cfg.batch_size, cfg.n_fg, cfg.n_bg, cfg.min_p, cfg.lam) == (
+        1e-3, 32, 5, 5, 0.2, 1.0)
+    assert (cfg.cam_checkpoint, cfg.init_checkpoint, cfg.select) == ("b-loc", "b-cl", "b-loc")
+    assert cfg.total_pixelcam_epochs == cfg.epochs == 1000
+
+
+def test_yaml_and_overrides(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("epochs: 3\npretrained: false\nlr: 1\nbackbone: resnet18\n")
+    cfg = load_config(f, {"epochs": "7", "color_jitter": "false"})
+    assert cfg.epochs == 7 and cfg.pretrained == "false" and cfg.lr == 1.0
+    assert cfg.color_jitter is False and cfg.backbone == "resnet18"
+
+
+def test_unknown_key_lists_valid_keys(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("epoch: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(f)
+    msg = str(err.value)
+    assert str(f) in msg and "'epoch'" in msg
+    assert all(k in msg for k in valid_keys())
+
+
+@pytest.mark.parametrize("key,value", [("epochs", "three"), ("lr", [1]), ("color_jitter", 2),
+                                       ("batch_size", 1.5)])
+def test_wrong_type_is_an_error(key, value):
+    with pytest.raises(ConfigError, match=key):
+        load_config(None, {key: value})
+
+
+@pytest.mark.parametrize("changes,match", [({"bg_mode": "x"}, "bg_mode"), ({"epochs": 0}, "epochs"),
+                                           ({"image_size": 300}, "resize_size"),
+                                           ({"min_p": 0}, "min_p")])
+def test_bad_values(changes, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, changes)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="flat mapping"):
+        load_config(bad)
+
+
+def test_hashes_share_the_baseline_across_pixelcam_settings():
+    a = load_config(None, {"epochs": 3})
+    b = a.replace(lam=0.1, n_fg=1, device="cpu", num_workers=4)
+    assert baseline_key(a) == baseline_key(b)
+    assert pixelcam_key(a) != pixelcam_key(b)
+    assert pixelcam_key(a) == pixelcam_key(a.replace(device="cpu", progress=True))
+    assert baseline_key(a) != baseline_key(a.replace(seed=1))
+    assert params_hash(a) == params_hash(load_config(None, {"epochs": 3}))
+    # pixelcam_epochs 0 means "as epochs": the same run as spelling it out
+    assert pixelcam_key(a) == pixelcam_key(a.replace(pixelcam_epochs=3))
+
+
+def test_parse_override():
+    assert parse_override("epochs=3") == ("epochs", 3)
+    assert parse_override("lam=0.1") == ("lam", 0.1)
+    assert parse_override("backbone=resnet18") == ("backbone", "resnet18")
+    with pytest.raises(ConfigError):
+        parse_override("epochs")
