@@ -1,0 +1,296 @@
+"""Evaluation metrics: pooled-histogram PxAP (as wsolevaluation), rates, accuracy, J, t-test.
+
+PxAP follows wsolevaluation's MaskEvaluator: thresholds ``[0, 1/n, ..., 1 - 1/n]``, bin edges
+``thresholds + [1, 2, 3]`` (n + 2 bins), histograms of the map values of GT-positive and GT-negative
+pixels pooled over every image of a split, and the area under the precision-recall curve built
+from reversed cumulative sums. The arrays of :meth:`PxAP.curve` keep wsolevaluation's reversed
+order: index ``k`` counts the pixels whose score is ``>= edges[n + 1 - k]``, so ``k = 0`` is the
+empty prediction (threshold 2.0) and ``k = n + 1`` labels every pixel foreground (threshold 0.0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["PxAP", "accuracy", "paired_ttest", "pxap_edges", "separability_j"]
+
+
+def pxap_edges(num_thresholds: int = 1000) -> np.ndarray:
+    """Bin edges identical to wsolevaluation's, so histograms match ``np.histogram`` bit for bit.
+
+    ``np.arange(0, 1, 1/n)`` computes ``i * (1/n)``; building it that way keeps the length exactly
+    ``n`` for every ``n`` (arange's length can be off by one for some steps).
+    """
+    if num_thresholds < 1:
+        raise ValueError(f"num_thresholds must be >= 1, got {num_thresholds}")
+    thr = np.arange(num_thresholds, dtype=np.float64) * (1.0 / num_thresholds)
+    return np.append(thr, [1.0, 2.0, 3.0])
+
+
+def _edges_at_or_above(edges: np.ndarray, dtype: torch.dtype) -> Tensor:
+    """Smallest value of ``dtype`` >= each float64 edge.
+
+    For a value v of that dtype, ``v >= e`` (exact, in float64) holds iff ``v >= e_up``, so the
+    comparison can stay in the map's own precision without a float64 copy of the map.
+    """
+    if dtype == torch.float64:
+        return torch.from_numpy(edges.copy())
+    np_dtype = np.float32
+    low = edges.astype(np_dtype)
+    up = np.where(low.astype(np.float64) < edges, np.nextafter(low, np_dtype(np.inf)), low)
+    return torch.from_numpy(up.astype(np_dtype))
+
+
+def _count(index: Tensor, size: int) -> Tensor:
+    """Histogram of integer ``index`` values in ``[0, size)`` as int64, without a host sync.
+
+    ``torch.bincount`` on CUDA reads ``index.max()`` back to the host; a scatter-add into a
+    fixed-size tensor does not. On the CPU bincount is the faster of the two.
+    """
+    if index.device.type == "cpu":
+        return torch.bincount(index, minlength=size)
+    out = torch.zeros(size, dtype=torch.int64, device=index.device)
+    return out.index_add_(0, index, torch.ones_like(index))
+
+
+class PxAP:
+    """Streaming dataset-level PxAP: only two int64 histograms are kept, on the inputs' device.
+
+    Memory does not grow with the number of images, the histograms of several processes can be
+    summed (:meth:`merge`), and ``update`` never copies maps to the host.
+    """
+
+    def __init__(self, num_thresholds: int = 1000) -> None:
+        self.num_thresholds = int(num_thresholds)
+        self.edges = pxap_edges(self.num_thresholds)
+        self.num_bins = self.num_thresholds + 2
+        self.hist_pos = torch.zeros(self.num_bins, dtype=torch.int64)
+        self.hist_neg = torch.zeros(self.num_bins, dtype=torch.int64)
+        self._edge_cache: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+    # -- state -------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Start a new split; the histograms stay on their current device."""
+        self.hist_pos.zero_()
+        self.hist_neg.zero_()
+
+    def merge(self, other: PxAP) -> None:
+        """Add another evaluator's histograms (e.g. after gathering them from other processes)."""
+        if other.num_thresholds != self.num_thresholds:
+            raise ValueError(
+                f"cannot merge PxAP with {other.num_thresholds} thresholds into one with "
+                f"{self.num_thresholds}; build both with the same num_thresholds"
+            )
+        self.hist_pos += other.hist_pos.to(self.hist_pos.device)
+        self.hist_neg += other.hist_neg.to(self.hist_neg.device)
+
+    def _edges_for(self, dtype: torch.dtype, device: torch.device) -> Tensor:
+        key = (dtype, device)
+        if key not in self._edge_cache:
+            self._edge_cache[key] = _edges_at_or_above(self.edges, dtype).to(device)
+        return self._edge_cache[key]
+
+    def bin_index(self, values: Tensor) -> Tensor:
+        """Bin of each value in ``[0, 1]``, equal to ``np.histogram``'s on :attr:`edges`.
+
+        ``floor(v * n)`` is off by at most one near an edge because of rounding, so one
+        comparison against the exact edge on each side fixes it.
+        """
+        if values.dtype != torch.float64:
+            values = values.float()
+        n = self.num_thresholds
+        edges = self._edges_for(values.dtype, values.device)
+        idx = (values * n).floor().long().clamp_(0, n)
+        idx = idx - (values < edges[idx]).long()
+        idx = idx + (values >= edges[idx + 1]).long()
+        return idx
+
+    def update(self, maps: Tensor, masks: Tensor, ignore: Tensor | None = None) -> None:
+        """Add a batch of maps (B,H,W) in [0,1] with GT masks (nonzero = foreground).
+
+        ``ignore`` (same shape, nonzero = excluded) removes pixels from both histograms, as the
+        ignore masks of wsolevaluation do.
+        """
+        if maps.shape != masks.shape:
+            raise ValueError(
+                f"PxAP.update: maps {tuple(maps.shape)} and masks {tuple(masks.shape)} must "
+                "have the same shape (resize the maps to the mask size first)"
+            )
+        if ignore is not None and ignore.shape != maps.shape:
+            raise ValueError(
+                f"PxAP.update: ignore {tuple(ignore.shape)} must have the maps' shape "
+                f"{tuple(maps.shape)}"
+            )
+        if not torch.is_floating_point(maps):
+            raise ValueError(f"PxAP.update: maps must be floating point, got {maps.dtype}")
+        values = maps.detach().reshape(-1)
+        # One scalar read-back per batch: scores outside [0,1] (or NaN) would be silently
+        # counted in the wrong bin, which wsolevaluation also refuses.
+        if bool((~((values >= 0) & (values <= 1))).any()):
+            raise ValueError(
+                "PxAP.update: maps must lie in [0, 1] without NaN; normalise them (min-max or "
+                "softmax) and apply nan_to_num before evaluation"
+            )
+        device = values.device
+        if self.hist_pos.device != device:
+            self.hist_pos = self.hist_pos.to(device)
+            self.hist_neg = self.hist_neg.to(device)
+        nb = self.num_bins
+        idx = self.bin_index(values)
+        is_pos = masks.detach().reshape(-1).to(device) != 0
+        idx = idx + nb * is_pos.long()
+        if ignore is not None:
+            # Ignored pixels go to a spare bucket that is dropped: no boolean indexing, no sync.
+            drop = ignore.detach().reshape(-1).to(device) != 0
+            idx = torch.where(drop, torch.full_like(idx, 2 * nb), idx)
+        counts = _count(idx, 2 * nb + 1)
+        self.hist_neg += counts[:nb]
+        self.hist_pos += counts[nb : 2 * nb]
+
+    # -- results -----------------------------------------------------------------------------
+    def curve(self) -> dict[str, np.ndarray]:
+        """PR curve in wsolevaluation's reversed order (index k <-> ``thresholds[k]``).
+
+        Keys: thresholds (``edges[n+1-k]``: 2.0, 1.0, 1-1/n, ..., 0.0), precision, recall
+        (NaN where undefined), tp, fp, fn, tn (int64 pixel counts) and miou.
+        """
+        pos = self.hist_pos.cpu().numpy().astype(np.int64)
+        neg = self.hist_neg.cpu().numpy().astype(np.int64)
+        tp = np.cumsum(pos[::-1])
+        fp = np.cumsum(neg[::-1])
+        fn = pos.sum() - tp
+        tn = neg.sum() - fp
+        with np.errstate(divide="ignore", invalid="ignore"):
+            precision = tp / (tp + fp)
+            recall = tp / (tp + fn)
+            miou = 0.5 * (tp / (tp + fp + fn) + tn / (tn + fp + fn))
+        thresholds = self.edges[: self.num_bins][::-1].copy()
+        return {
+            "thresholds": thresholds,
+            "precision": precision,
+            "recall": recall,
+            "tp": tp,
+            "fp": fp,
+            "fn": fn,
+            "tn": tn,
+            "miou": miou,
+        }
+
+    def compute(self) -> float:
+        """PxAP in percent; NaN when no foreground pixel was seen (undefined, not zero)."""
+        c = self.curve()
+        if c["tp"][-1] == 0:
+            return float("nan")
+        prec, rec = c["precision"], c["recall"]
+        defined = (c["tp"] + c["fp"])[1:] > 0
+        area = prec[1:][defined] * np.diff(rec)[defined]
+        return float(100.0 * area.sum())
+
+    def _best_index(self, c: dict[str, np.ndarray]) -> int:
+        miou = np.where(np.isnan(c["miou"]), -np.inf, c["miou"])
+        return int(np.argmax(miou))  # first maximum, as np.argmax in wsolevaluation
+
+    def best_miou_threshold(self) -> float:
+        """Map value t of the mIoU-best operating point on this split (``map >= t`` is FG)."""
+        c = self.curve()
+        return float(c["thresholds"][self._best_index(c)])
+
+    def _index_of_threshold(self, threshold: float) -> int:
+        """Reversed-curve index of the bin edge nearest to ``threshold`` (ties: lower edge)."""
+        n = self.num_thresholds
+        if not np.isfinite(threshold):
+            raise ValueError(f"rates: threshold must be a finite float, got {threshold}")
+        if threshold > 1.0:
+            j = n + 1  # edge 2.0: no pixel is foreground
+        elif threshold <= 0.0:
+            j = 0
+        else:
+            j = int(np.argmin(np.abs(self.edges[: n + 1] - threshold)))
+        return n + 1 - j
+
+    def rates(self, threshold: float | None = None) -> dict[str, float]:
+        """Pooled pixel rates (percent) at an operating point, as Table 6 of the paper.
+
+        ``threshold=None`` uses this split's own mIoU-best threshold (what the official code
+        reports on test: an oracle); a float (e.g. tuned on validation) is snapped to the
+        nearest bin edge and applied to this split's histograms.
+        """
+        c = self.curve()
+        k = self._best_index(c) if threshold is None else self._index_of_threshold(threshold)
+        n_pos = float(c["tp"][k] + c["fn"][k])
+        n_neg = float(c["tn"][k] + c["fp"][k])
+        tp_rate = 100.0 * c["tp"][k] / n_pos if n_pos > 0 else float("nan")
+        tn_rate = 100.0 * c["tn"][k] / n_neg if n_neg > 0 else float("nan")
+        return {
+            "TP*": float(tp_rate),
+            "FN*": float(100.0 - tp_rate),
+            "TN*": float(tn_rate),
+            "FP*": float(100.0 - tn_rate),
+            "threshold": float(c["thresholds"][k]),
+            "mIoU": float(100.0 * c["miou"][k]),
+        }
+
+
+def accuracy(logits: Tensor, labels: Tensor) -> float:
+    """Classification accuracy in percent, the CL column of the paper's tables."""
+    if logits.ndim != 2 or labels.ndim != 1 or logits.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"accuracy: expected logits (N,K) and labels (N,), got {tuple(logits.shape)} and "
+            f"{tuple(labels.shape)}"
+        )
+    if labels.numel() == 0:
+        raise ValueError("accuracy: empty batch, accuracy is undefined")
+    correct = logits.argmax(dim=1) == labels.to(logits.device)
+    return float(100.0 * correct.double().mean().item())
+
+
+def separability_j(features: Tensor, mask: Tensor) -> float:
+    """Fisher class separability J = tr(S_B)/tr(S_W) of one image's pixel features (App. D).
+
+    The trace form avoids d x d scatter matrices. NaN when either class is empty, because the
+    ratio is undefined there (the paper prints "-"), not zero.
+    """
+    if features.ndim != 3 or mask.shape != features.shape[1:]:
+        raise ValueError(
+            f"separability_j: expected features (d,h,w) and mask (h,w) on the same grid, got "
+            f"{tuple(features.shape)} and {tuple(mask.shape)}"
+        )
+    x = features.detach().reshape(features.shape[0], -1).t().double()  # (N, d)
+    fg = mask.detach().reshape(-1).to(x.device) != 0
+    n_fg = int(fg.sum())
+    n_bg = fg.numel() - n_fg
+    if n_fg == 0 or n_bg == 0:
+        return float("nan")
+    w = fg.double().unsqueeze(1)
+    m = x.mean(dim=0)
+    m_fg = (x * w).sum(dim=0) / n_fg
+    m_bg = (x * (1 - w)).sum(dim=0) / n_bg
+    between = n_fg * (m_fg - m).square().sum() + n_bg * (m_bg - m).square().sum()
+    centred = x - torch.where(fg.unsqueeze(1), m_fg, m_bg)
+    within = centred.square().sum()
+    b, wi = float(between), float(within)
+    if wi == 0.0:
+        return float("inf") if b > 0 else float("nan")
+    return b / wi
+
+
+def paired_ttest(a: Sequence[float], b: Sequence[float]) -> dict:
+    """Two-sided paired t-test (scipy ``ttest_rel``), the test behind the paper's Table 2."""
+    from scipy import stats
+
+    xa = np.asarray(a, dtype=np.float64).reshape(-1)
+    xb = np.asarray(b, dtype=np.float64).reshape(-1)
+    if xa.shape != xb.shape:
+        raise ValueError(
+            f"paired_ttest: the two samples must be paired (same length), got {xa.size} and "
+            f"{xb.size}"
+        )
+    if xa.size < 2:
+        raise ValueError(f"paired_ttest: need at least 2 pairs, got {xa.size}")
+    res = stats.ttest_rel(xa, xb, alternative="two-sided")
+    return {"t": float(res.statistic), "p": float(res.pvalue), "df": int(xa.size - 1),
+            "n": int(xa.size)}

@@ -1,0 +1,233 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import stats
+from sklearn.metrics import average_precision_score
+
+from pixelcam.metrics import PxAP, accuracy, paired_ttest, pxap_edges, separability_j
+
+
+def _blobs(n: int, size: int, seed: int) -> torch.Tensor:
+    """Random smooth blobs: thresholded low-frequency noise, about 30-50% foreground."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.rand(n, 1, size // 8, size // 8, generator=g)
+    smooth = F.interpolate(noise, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    return smooth > 0.55
+
+
+def _noisy_maps(masks: torch.Tensor, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(masks.shape, generator=g)
+    return (0.3 + 0.35 * masks.float() + 0.2 * noise).clamp(0, 1)
+
+
+def test_edges_match_wsolevaluation() -> None:
+    ref = np.append(np.arange(0, 1, 0.001), [1.0, 2.0, 3.0])
+    assert np.array_equal(pxap_edges(1000), ref)
+    assert len(pxap_edges(7)) == 10
+
+
+def test_perfect_map_is_100() -> None:
+    masks = _blobs(4, 32, seed=0)
+    m = PxAP()
+    m.update(masks.float(), masks)
+    assert m.compute() == 100.0
+
+
+@pytest.mark.parametrize("c", [0.0, 0.37, 1.0])
+def test_constant_map_gives_prevalence(c: float) -> None:
+    masks = _blobs(3, 32, seed=1)
+    m = PxAP()
+    m.update(torch.full(masks.shape, c), masks)
+    prevalence = masks.float().mean().item()
+    assert abs(m.compute() - 100 * prevalence) < 1e-6
+
+
+def test_matches_sklearn_on_random_maps() -> None:
+    masks = _blobs(6, 64, seed=2)
+    maps = _noisy_maps(masks, seed=3)
+    m = PxAP()
+    m.update(maps, masks)
+    y = masks.reshape(-1).numpy()
+    raw = maps.reshape(-1).double().numpy()
+    quantised = np.floor(raw * 1000) / 1000
+    assert abs(m.compute() - 100 * average_precision_score(y, quantised)) < 0.05
+    assert abs(m.compute() - 100 * average_precision_score(y, raw)) < 0.5
+
+
+def test_streaming_equals_single_update() -> None:
+    masks = _blobs(6, 32, seed=4)
+    maps = _noisy_maps(masks, seed=5)
+    whole, parts = PxAP(), PxAP()
+    whole.update(maps, masks)
+    for sl in (slice(0, 1), slice(1, 4), slice(4, 6)):
+        parts.update(maps[sl], masks[sl])
+    assert torch.equal(whole.hist_pos, parts.hist_pos)
+    assert torch.equal(whole.hist_neg, parts.hist_neg)
+    assert whole.compute() == parts.compute()
+
+
+def test_merge_and_reset() -> None:
+    masks = _blobs(4, 32, seed=6)
+    maps = _noisy_maps(masks, seed=7)
+    whole, a, b = PxAP(), PxAP(), PxAP()
+    whole.update(maps, masks)
+    a.update(maps[:2], masks[:2])
+    b.update(maps[2:], masks[2:])
+    a.merge(b)
+    assert torch.equal(a.hist_pos, whole.hist_pos) and torch.equal(a.hist_neg, whole.hist_neg)
+    a.reset()
+    assert int(a.hist_pos.sum()) == 0 and int(a.hist_neg.sum()) == 0
+    assert math.isnan(a.compute())
+    with pytest.raises(ValueError, match="num_thresholds"):
+        a.merge(PxAP(num_thresholds=10))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bin_index_matches_np_histogram(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(8)
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    edge_vals = np.array([k / 1000 for k in range(1001)], dtype=np_dtype)
+    near = np.concatenate([
+        np.nextafter(edge_vals, np_dtype(-1)), np.nextafter(edge_vals, np_dtype(2))
+    ])
+    near = near[(near >= 0) & (near <= 1)]
+    values = np.concatenate([
+        torch.rand(5000, generator=g, dtype=dtype).numpy(), edge_vals, near,
+        np.array([0.0, 1.0], dtype=np_dtype),
+    ])
+    m = PxAP()
+    m.update(torch.from_numpy(values).view(1, 1, -1), torch.ones(1, 1, values.size))
+    expected, _ = np.histogram(values, bins=m.edges)
+    assert np.array_equal(m.hist_pos.numpy(), expected)
+    assert int(m.hist_neg.sum()) == 0
+    # 1.0 is in the [1, 2) bin, exactly as np.histogram puts it.
+    assert int(m.hist_pos[1000]) == int((values == 1.0).sum())
+
+
+def test_ignore_pixels_are_excluded() -> None:
+    masks = _blobs(2, 16, seed=9)
+    maps = _noisy_maps(masks, seed=10)
+    ignore = _blobs(2, 16, seed=11)
+    m, ref = PxAP(), PxAP()
+    m.update(maps, masks, ignore)
+    keep = ~ignore
+    ref.update(maps[keep].view(1, 1, -1), masks[keep].view(1, 1, -1))
+    assert torch.equal(m.hist_pos, ref.hist_pos) and torch.equal(m.hist_neg, ref.hist_neg)
+
+
+def test_invalid_maps_raise() -> None:
+    m = PxAP()
+    mask = torch.ones(1, 2, 2, dtype=torch.bool)
+    for bad in (1.5, -0.1, float("nan")):
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            m.update(torch.full((1, 2, 2), bad), mask)
+    with pytest.raises(ValueError, match="same shape"):
+        m.update(torch.zeros(1, 2, 2), torch.ones(1, 2, 3))
+
+
+def test_rates_perfect_map() -> None:
+    masks = _blobs(3, 32, seed=12)
+    m = PxAP()
+    m.update(masks.float(), masks)
+    r = m.rates()
+    assert r["TP*"] == 100.0 and r["FP*"] == 0.0 and r["TN*"] == 100.0 and r["FN*"] == 0.0
+    assert r["mIoU"] == 100.0
+    # The first best operating point (ties -> first index) is map >= 1.0.
+    assert m.best_miou_threshold() == 1.0 == r["threshold"]
+
+
+def test_rates_at_given_threshold_hand_example() -> None:
+    maps = torch.tensor([[[0.1, 0.2, 0.6, 0.9], [0.3, 0.7, 0.05, 0.95]]])
+    masks = torch.tensor([[[0, 1, 1, 1], [0, 0, 1, 1]]], dtype=torch.bool)
+    m = PxAP()
+    m.update(maps, masks)
+    r = m.rates(0.5)
+    # map >= 0.5 -> FG: {0.6, 0.9, 0.7, 0.95}; GT FG: {0.2, 0.6, 0.9, 0.05, 0.95}.
+    tp, fn, tn, fp = 3, 2, 2, 1
+    assert r["threshold"] == 0.5
+    assert r["TP*"] == pytest.approx(100 * tp / (tp + fn))
+    assert r["FN*"] == pytest.approx(100 * fn / (tp + fn))
+    assert r["TN*"] == pytest.approx(100 * tn / (tn + fp))
+    assert r["FP*"] == pytest.approx(100 * fp / (tn + fp))
+    miou = 0.5 * (tp / (tp + fp + fn) + tn / (tn + fp + fn))
+    assert r["mIoU"] == pytest.approx(100 * miou)
+    # Off-edge thresholds snap to the nearest edge: 0.5004 -> 0.5.
+    assert m.rates(0.5004) == r
+    # Oracle threshold: the mIoU-best one, checked by brute force over map values.
+    best = max(
+        (0.5 * (((maps >= t) & masks).sum() / ((maps >= t) | masks).sum()
+                + ((maps < t) & ~masks).sum() / ((maps < t) | ~masks).sum())).item()
+        for t in maps.unique().tolist()
+    )
+    assert m.rates()["mIoU"] == pytest.approx(100 * best)
+
+
+def test_curve_is_reversed_and_consistent() -> None:
+    masks = _blobs(2, 16, seed=13)
+    maps = _noisy_maps(masks, seed=14)
+    m = PxAP()
+    m.update(maps, masks)
+    c = m.curve()
+    assert c["thresholds"][0] == 2.0 and c["thresholds"][1] == 1.0 and c["thresholds"][-1] == 0.0
+    for k in (0, 1, 300, 700, 1001):
+        t = c["thresholds"][k]
+        assert c["tp"][k] == int(((maps.double() >= t) & masks).sum())
+        assert c["fp"][k] == int(((maps.double() >= t) & ~masks).sum())
+    assert np.all(c["tp"] + c["fn"] == int(masks.sum()))
+
+
+def test_accuracy() -> None:
+    logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [1.0, 0.5], [0.2, 0.1]])
+    labels = torch.tensor([0, 1, 1, 1])
+    assert accuracy(logits, labels) == 50.0
+    with pytest.raises(ValueError):
+        accuracy(logits, labels[:3])
+
+
+def test_separability_j_hand_example() -> None:
+    # 1-d features: BG {-1, 1} (mean 0), FG {9, 11} (mean 10), global mean 5.
+    # tr(S_B) = 2*25 + 2*25 = 100, tr(S_W) = 4 * 1 = 4 -> J = 25.
+    feats = torch.tensor([[[-1.0, 1.0], [9.0, 11.0]]])
+    mask = torch.tensor([[False, False], [True, True]])
+    assert separability_j(feats, mask) == pytest.approx(25.0)
+    # Adding a constant feature channel changes neither trace.
+    feats2 = torch.cat([feats, torch.full_like(feats, 3.0)])
+    assert separability_j(feats2, mask) == pytest.approx(25.0)
+    assert math.isnan(separability_j(feats, torch.zeros(2, 2, dtype=torch.bool)))
+    assert math.isnan(separability_j(feats, torch.ones(2, 2, dtype=torch.bool)))
+
+
+def test_separability_j_matches_scatter_matrices() -> None:
+    g = torch.Generator().manual_seed(15)
+    feats = torch.randn(5, 6, 7, generator=g, dtype=torch.float64)
+    mask = torch.rand(6, 7, generator=g) > 0.6
+    x = feats.reshape(5, -1).t().numpy()
+    y = mask.reshape(-1).numpy()
+    m = x.mean(0)
+    sw = np.zeros((5, 5))
+    sb = np.zeros((5, 5))
+    for c in (False, True):
+        xc = x[y == c]
+        mc = xc.mean(0)
+        sw += (xc - mc).T @ (xc - mc)
+        sb += len(xc) * np.outer(mc - m, mc - m)
+    assert separability_j(feats, mask) == pytest.approx(np.trace(sb) / np.trace(sw), rel=1e-10)
+
+
+def test_paired_ttest_matches_scipy() -> None:
+    rng = np.random.default_rng(16)
+    a = rng.normal(60, 2, size=29)
+    b = a + rng.normal(1.0, 0.5, size=29)
+    out = paired_ttest(a.tolist(), b.tolist())
+    ref = stats.ttest_rel(a, b)
+    assert out["t"] == pytest.approx(ref.statistic)
+    assert out["p"] == pytest.approx(ref.pvalue)
+    assert out["df"] == 28 and out["n"] == 29
+    with pytest.raises(ValueError, match="same length"):
+        paired_ttest([1.0, 2.0], [1.0])
