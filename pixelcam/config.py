@@ -6,9 +6,10 @@ import dataclasses
 import hashlib
 import json
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -51,7 +52,7 @@ class Config:
     epochs: int = 1000
     batch_size: int = 32
     lr: float = 1e-3
-    head_lr_ratio: float = 10.0  # last stage + heads at lr * ratio (official opt__lr_classifier_ratio)
+    head_lr_ratio: float = 10.0  # last stage + heads at lr * ratio (opt__lr_classifier_ratio)
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 1e-4
@@ -67,7 +68,7 @@ class Config:
     n_fg: int = 5
     n_bg: int = 5
     min_p: float = 0.2  # PB reads sl_ng_min_p (0.2) in the official code, not the README's 0.4
-    bg_mode: str = "official"  # official: uniform in the lowest-min_p region | paper: prop. to 1-CAM
+    bg_mode: str = "official"  # official: uniform in the lowest-min_p region | paper: ~ 1-CAM
     lam: float = 1.0
     cam_checkpoint: str = "b-loc"  # baseline checkpoint whose CAMs seed PixelCAM (Table 14)
     init_checkpoint: str = "b-cl"  # baseline checkpoint PixelCAM starts from (official README)
@@ -94,7 +95,7 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         return load_config(None, {**self.to_dict(), **changes})
 
 
@@ -182,19 +183,22 @@ def valid_keys() -> list[str]:
     return [f.name for f in fields(Config)]
 
 
-def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
-    """Build a Config from a flat YAML file plus overrides; unknown keys and bad types are errors."""
+def load_config(path: str | Path | None = None,
+                overrides: Mapping[str, Any] | None = None) -> Config:
+    """Build a Config from a flat YAML file plus overrides; unknown keys, bad types are errors."""
     values: dict[str, Any] = {}
     source = "overrides"
     if path is not None:
         path = Path(path)
         source = str(path)
         if not path.is_file():
-            raise ConfigError(f"params file {path} does not exist: give a path under params/<profile>/")
+            raise ConfigError(
+                f"params file {path} does not exist: give a path under params/<profile>/")
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"params file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+            first = str(exc).splitlines()[0]
+            raise ConfigError(f"params file {path} is not valid YAML: {first}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"params file {path} must be a flat mapping of key: value")
         values.update(loaded)

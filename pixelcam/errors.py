@@ -2,7 +2,7 @@
 
 
 class PixelCamError(Exception):
-    """Base class: the kit raises only subclasses of this for bad input, never a library's traceback."""
+    """Base class: bad input raises a subclass of this, never a library's bare traceback."""
 
 
 class ConfigError(PixelCamError):

@@ -1,7 +1,13 @@
 import pytest
 
 from pixelcam.config import (
-    Config, baseline_key, load_config, params_hash, parse_override, pixelcam_key, valid_keys,
+    Config,
+    baseline_key,
+    load_config,
+    params_hash,
+    parse_override,
+    pixelcam_key,
+    valid_keys,
 )
 from pixelcam.errors import ConfigError
 
