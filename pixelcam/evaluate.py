@@ -1,0 +1,124 @@
+"""evaluate(): maps of a split -> pooled PxAP, accuracy, pixel rates, per-image scores."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pixelcam.metrics import PxAP
+from pixelcam.models.cams import compute_maps
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present, so one params file serves CPU laptops and GPU nodes."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0,
+                device: torch.device | None = None) -> DataLoader:
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        pin_memory=device is not None and device.type == "cuda",
+    )
+
+
+def iter_maps(model: torch.nn.Module, loader: DataLoader, method: str,
+              device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield, per batch, the full-size maps with the logits of the same forward pass."""
+    model.eval()
+    for batch in loader:
+        x = batch["image"].to(device, non_blocking=True)
+        y = batch["label"].to(device, non_blocking=True)
+        maps, logits = compute_maps(method, model, x, y, size=tuple(x.shape[-2:]),
+                                    return_logits=True)
+        out = {"maps": maps, "logits": logits.detach(), "labels": y, "index": batch["index"]}
+        if "mask" in batch:
+            out["masks"] = batch["mask"].to(device, non_blocking=True)
+        yield out
+
+
+@dataclass
+class SplitResult:
+    """Everything a table needs about one split under one checkpoint."""
+
+    accuracy: float
+    pxap: float
+    rates: dict[str, float]  # at this split's own mIoU-best threshold (the official test oracle)
+    n_images: int
+    per_image: dict[str, list[Any]] = field(default_factory=dict)
+    metric: PxAP | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"accuracy": self.accuracy, "pxap": self.pxap, "rates": self.rates,
+                "n_images": self.n_images, "per_image": self.per_image}
+
+
+def per_image_ap(maps: torch.Tensor, masks: torch.Tensor) -> list[float]:
+    """PxAP of each image alone (NaN without foreground), for paired tests across methods."""
+    scores = []
+    for m, g in zip(maps, masks):
+        if not bool(g.any()):
+            scores.append(float("nan"))
+            continue
+        metric = PxAP()
+        metric.update(m[None], g[None])
+        scores.append(metric.compute())
+    return scores
+
+
+def evaluate_split(model: torch.nn.Module, loader: DataLoader, method: str,
+                   device: torch.device, with_per_image: bool = True) -> SplitResult:
+    """One pass over a split: pooled PxAP (histograms stay on the device) and accuracy."""
+    metric = PxAP()
+    correct = 0
+    total = 0
+    per_image: dict[str, list[Any]] = {"index": [], "label": [], "pred": [], "ap": []}
+    has_masks = False
+    for out in iter_maps(model, loader, method, device):
+        pred = out["logits"].argmax(1)
+        correct += int((pred == out["labels"]).sum())
+        total += int(out["labels"].numel())
+        if "masks" in out:
+            has_masks = True
+            metric.update(out["maps"], out["masks"])
+        if with_per_image:
+            per_image["index"] += [int(i) for i in out["index"]]
+            per_image["label"] += out["labels"].tolist()
+            per_image["pred"] += pred.tolist()
+            if "masks" in out:
+                per_image["ap"] += per_image_ap(out["maps"], out["masks"])
+    pxap = metric.compute() if has_masks else float("nan")
+    rates = metric.rates() if has_masks else {}
+    return SplitResult(
+        accuracy=100.0 * correct / max(total, 1), pxap=pxap, rates=rates, n_images=total,
+        per_image=per_image if with_per_image else {}, metric=metric if has_masks else None,
+    )
+
+
+def accuracy_only(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> float:
+    """Classification accuracy with no maps: the cheap B-CL criterion."""
+    model.eval()
+    correct = 0
+    total = 0
+    with torch.no_grad():
+        for batch in loader:
+            logits = model(batch["image"].to(device, non_blocking=True)).logits
+            correct += int((logits.argmax(1).cpu() == batch["label"]).sum())
+            total += int(batch["label"].numel())
+    return 100.0 * correct / max(total, 1)
+
+
+def to_image(x: torch.Tensor) -> np.ndarray:
+    """Undo ImageNet normalisation for display: (3,H,W) tensor -> (H,W,3) float in [0,1]."""
+    from pixelcam.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (x.cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()

@@ -1,0 +1,232 @@
+"""Run directories keyed by a stable hash of the config: train once, reuse everywhere.
+
+A baseline lives in `<cache_dir>/runs/baseline-<key>/`, the PixelCAM model trained on its CAMs in
+`<cache_dir>/runs/pixelcam-<key>/`. A run is complete only when its `results.json` exists; an
+interrupted run is resumed from its `state.pt`, and a file lock keeps two processes from training
+the same run twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pixelcam.config import Config, baseline_key, pixelcam_key
+from pixelcam.data.dataset import WSOLDataset
+from pixelcam.data.synthetic import SyntheticSpec, ensure_dataset
+from pixelcam.errors import DataError
+from pixelcam.evaluate import eval_loader, evaluate_split, resolve_device
+from pixelcam.models.cams import compute_maps
+from pixelcam.models.model import WSOLModel, build_model
+from pixelcam.provenance import provenance
+from pixelcam.train import CHECKPOINTS, PhaseSpec, _atomic_json, _atomic_save, fit
+
+Log = Callable[[str], None]
+
+
+def synthetic_spec(cfg: Config) -> SyntheticSpec:
+    return SyntheticSpec(
+        n_train=cfg.synthetic_n_train, n_valcl=cfg.synthetic_n_valcl, n_test=cfg.synthetic_n_test,
+        n_valpx_per_class=cfg.synthetic_n_valpx_per_class, width=cfg.synthetic_width,
+        height=cfg.synthetic_height, seed=cfg.synthetic_seed,
+    )
+
+
+def data_paths(cfg: Config) -> tuple[Path, Path]:
+    """(data_root, fold_dir): the embedded synthetic default is generated once into the cache."""
+    if cfg.data_root == "synthetic":
+        root = ensure_dataset(Path(cfg.cache_dir) / "data", synthetic_spec(cfg))
+    else:
+        root = Path(cfg.data_root).expanduser()
+        if not root.is_dir():
+            raise DataError(
+                f"data root {root} does not exist: set data_root in the params file to the folder "
+                "that image ids are relative to (or 'synthetic' for the embedded dataset)"
+            )
+    fold = Path(cfg.fold_dir).expanduser() if cfg.fold_dir else root / "folds" / "fold-0"
+    if not fold.is_dir():
+        raise DataError(
+            f"fold directory {fold} does not exist: set fold_dir to a folder holding "
+            "train/ valcl/ valpx/ test/ split files"
+        )
+    return root, fold
+
+
+def dataset(cfg: Config, split: str, *, train: bool = False,
+            cams: dict[str, torch.Tensor] | None = None) -> WSOLDataset:
+    root, fold = data_paths(cfg)
+    return WSOLDataset(root, fold, split, train=train, image_size=cfg.image_size,
+                       resize_size=cfg.resize_size, cams=cams, color_jitter=cfg.color_jitter)
+
+
+def new_model(cfg: Config, pixel: bool) -> WSOLModel:
+    """A freshly initialised model; the init is seeded so the same params give the same weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return build_model(
+            cfg.backbone, num_classes=cfg.num_classes, pretrained=cfg.pretrained,
+            output_stride=cfg.output_stride, support_background=cfg.support_background,
+            pixel_head=cfg.pixel_head if pixel else None, spatial_dropout=cfg.spatial_dropout,
+        )
+
+
+@contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Serialise work on one run directory across processes (a second process waits)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@dataclass
+class Run:
+    """A finished run: where it lives and what it measured."""
+
+    kind: str  # baseline | pixelcam
+    key: str
+    dir: Path
+    results: dict[str, Any]
+    reused: bool
+
+    @property
+    def map_method(self) -> str:
+        return self.results["map_method"]
+
+    def load_model(self, cfg: Config, checkpoint: str, device: torch.device | None = None
+                   ) -> WSOLModel:
+        device = device or resolve_device(cfg.device)
+        model = new_model(cfg, pixel=self.kind == "pixelcam")
+        state = torch.load(self.dir / "checkpoints" / f"{checkpoint}.pt", map_location=device,
+                           weights_only=True)
+        model.load_state_dict(state)
+        return model.to(device).eval()
+
+    def test(self, checkpoint: str) -> dict[str, Any]:
+        return self.results["test"][checkpoint]
+
+
+def _evaluate_checkpoints(run_dir: Path, cfg: Config, pixel: bool, map_method: str,
+                          device: torch.device) -> dict[str, Any]:
+    """Both checkpoints on test; rates at the test oracle and at the valpx-tuned threshold."""
+    valpx = eval_loader(dataset(cfg, "valpx"), cfg.eval_batch_size, cfg.num_workers, device)
+    test = eval_loader(dataset(cfg, "test"), cfg.eval_batch_size, cfg.num_workers, device)
+    out: dict[str, Any] = {}
+    for name in CHECKPOINTS:
+        model = new_model(cfg, pixel).to(device)
+        model.load_state_dict(torch.load(run_dir / "checkpoints" / f"{name}.pt",
+                                         map_location=device, weights_only=True))
+        val = evaluate_split(model, valpx, map_method, device, with_per_image=False)
+        res = evaluate_split(model, test, map_method, device)
+        entry = res.to_dict()
+        threshold = val.metric.best_miou_threshold()
+        entry["rates_valpx_threshold"] = res.metric.rates(threshold)
+        entry["valpx_threshold"] = threshold
+        out[name] = entry
+    return out
+
+
+def _train_run(kind: str, key: str, run_dir: Path, cfg: Config, phase: PhaseSpec,
+               model: WSOLModel, train_ds: WSOLDataset, log: Log,
+               extra: dict[str, Any] | None = None) -> Run:
+    device = resolve_device(cfg.device)
+    started = time.time()
+    fitted = fit(model, cfg, phase, train_ds=train_ds, valcl_ds=dataset(cfg, "valcl"),
+                 valpx_ds=dataset(cfg, "valpx"), out_dir=run_dir, device=device, log=log)
+    t_eval = time.perf_counter()
+    test = _evaluate_checkpoints(run_dir, cfg, phase.pixel, phase.map_method, device)
+    results = {
+        "kind": kind, "key": key, "map_method": phase.map_method, "config": cfg.to_dict(),
+        "best_epoch": fitted.best, "history": fitted.history, "test": test,
+        "durations": {"train_s": fitted.seconds, "eval_s": time.perf_counter() - t_eval},
+        "resumed_from": fitted.resumed_from, **(extra or {}),
+        "provenance": provenance(cfg, device, started=started),
+    }
+    _atomic_json(results, run_dir / "results.json")  # written last: marks the run complete
+    return Run(kind, key, run_dir, results, reused=False)
+
+
+def _load_complete(kind: str, key: str, run_dir: Path, log: Log) -> Run | None:
+    path = run_dir / "results.json"
+    if not path.exists():
+        return None
+    log(f"[{kind}] reusing finished run {run_dir}")
+    return Run(kind, key, run_dir, json.loads(path.read_text()), reused=True)
+
+
+def get_baseline(cfg: Config, log: Log = print) -> Run:
+    """The trained WSOL baseline for this config (trained now if no finished run exists)."""
+    key = baseline_key(cfg)
+    run_dir = Path(cfg.cache_dir) / "runs" / f"baseline-{key}"
+    if (run := _load_complete("baseline", key, run_dir, log)) is not None:
+        return run
+    with _locked(run_dir):
+        if (run := _load_complete("baseline", key, run_dir, log)) is not None:
+            return run
+        log(f"[baseline] training {cfg.method} on {cfg.backbone} into {run_dir}")
+        phase = PhaseSpec("baseline", cfg.method, cfg.epochs, pixel=False)
+        return _train_run("baseline", key, run_dir, cfg, phase, new_model(cfg, pixel=False),
+                          dataset(cfg, "train", train=True), log)
+
+
+def store_cams(baseline: Run, cfg: Config, checkpoint: str, log: Log = print
+               ) -> dict[str, torch.Tensor]:
+    """True-class CAMs of the train split at feature resolution, from non-augmented images."""
+    path = baseline.dir / f"cams-{checkpoint}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    device = resolve_device(cfg.device)
+    model = baseline.load_model(cfg, checkpoint, device)
+    ds = dataset(cfg, "train", train=False)
+    cams: dict[str, torch.Tensor] = {}
+    for batch in eval_loader(ds, cfg.eval_batch_size, cfg.num_workers, device):
+        x = batch["image"].to(device)
+        maps = compute_maps(baseline.map_method, model, x, batch["label"].to(device))
+        for i, m in zip(batch["index"].tolist(), maps.cpu()):
+            cams[ds.records[i].image_id] = m.float().contiguous()
+    _atomic_save(cams, path)
+    log(f"[cams] stored {len(cams)} train CAMs ({checkpoint}) in {path}")
+    return cams
+
+
+def get_pixelcam(cfg: Config, log: Log = print, baseline: Run | None = None) -> Run:
+    """PixelCAM on top of the config's baseline: its CAMs seed it, its weights initialise it."""
+    key = pixelcam_key(cfg)
+    run_dir = Path(cfg.cache_dir) / "runs" / f"pixelcam-{key}"
+    if (run := _load_complete("pixelcam", key, run_dir, log)) is not None:
+        return run
+    baseline = baseline or get_baseline(cfg, log)
+    with _locked(run_dir):
+        if (run := _load_complete("pixelcam", key, run_dir, log)) is not None:
+            return run
+        cams = store_cams(baseline, cfg, cfg.cam_checkpoint, log)
+        model = new_model(cfg, pixel=True)
+        init = torch.load(baseline.dir / "checkpoints" / f"{cfg.init_checkpoint}.pt",
+                          map_location="cpu", weights_only=True)
+        missing, unexpected = model.load_state_dict(init, strict=False)
+        if unexpected or any(not k.startswith("pixel_head.") for k in missing):
+            raise RuntimeError(f"baseline checkpoint does not match: {missing} {unexpected}")
+        log(f"[pixelcam] training on {cfg.cam_checkpoint} CAMs from {cfg.init_checkpoint} weights"
+            f" into {run_dir}")
+        phase = PhaseSpec("pixelcam", "pixelcam", cfg.total_pixelcam_epochs, pixel=True)
+        extra = {"baseline_key": baseline.key}
+        return _train_run("pixelcam", key, run_dir, cfg, phase, model,
+                          dataset(cfg, "train", train=True, cams=cams), log, extra)
+
+
+def get_or_train(cfg: Config, log: Log = print) -> dict[str, Run]:
+    """The baseline and its PixelCAM model, trained only where no finished run exists."""
+    baseline = get_baseline(cfg, log)
+    return {"baseline": baseline, "pixelcam": get_pixelcam(cfg, log, baseline)}
+

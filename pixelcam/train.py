@@ -1,0 +1,217 @@
+"""fit(): one training phase (WSOL baseline or PixelCAM) with B-LOC / B-CL model selection.
+
+Selection follows the official protocol (official-code-notes.md 5.4): every epoch, epoch 0 (before
+any update) included, the valcl accuracy (B-CL) and the valpx PxAP (B-LOC) are measured; ties go to
+the latest epoch. Each epoch ends with an atomic checkpoint of everything needed to resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from pixelcam.config import Config
+from pixelcam.evaluate import accuracy_only, eval_loader, evaluate_split
+from pixelcam.losses import pixelcam_objective
+from pixelcam.models.model import WSOLModel
+from pixelcam.sampler import sample_seeds_pb, sample_seeds_th
+
+CHECKPOINTS = ("b-loc", "b-cl")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so a rerun on the same machine gives the same numbers."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def train_loader(dataset: Dataset, cfg: Config, device: torch.device, seed: int) -> DataLoader:
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return DataLoader(
+        dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
+        generator=gen, worker_init_fn=_seed_worker, pin_memory=device.type == "cuda",
+        persistent_workers=cfg.num_workers > 0, drop_last=False,
+    )
+
+
+def make_optimizer(model: WSOLModel, cfg: Config) -> torch.optim.SGD:
+    groups = model.param_groups(cfg.lr, cfg.head_lr_ratio)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: Config) -> torch.optim.lr_scheduler.LambdaLR:
+    """Step decay with an absolute floor, per group (the official MyStepLR)."""
+    bases = [g["lr"] for g in opt.param_groups]
+
+    def factor(base: float) -> Callable[[int], float]:
+        return lambda e: max(cfg.gamma ** (e // cfg.step_size), cfg.lr_floor / base)
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, [factor(b) for b in bases])
+
+
+@dataclass
+class PhaseSpec:
+    """What differs between the baseline and the PixelCAM phase."""
+
+    name: str  # "baseline" | "pixelcam"
+    map_method: str  # map used for B-LOC on valpx
+    epochs: int
+    pixel: bool = False
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, int] = field(default_factory=dict)  # checkpoint name -> epoch
+    seconds: float = 0.0
+    resumed_from: int | None = None
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_json(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+def _seeds(cfg: Config, cams: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    if cfg.seeder == "th":
+        return sample_seeds_th(cams, n_fg=cfg.n_fg, n_bg=cfg.n_bg, min_p=cfg.min_p, generator=gen)
+    return sample_seeds_pb(cams, n_fg=cfg.n_fg, n_bg=cfg.n_bg, min_p=cfg.min_p,
+                           bg_mode=cfg.bg_mode, generator=gen)
+
+
+def _train_epoch(model: WSOLModel, loader: DataLoader, opt: torch.optim.Optimizer, cfg: Config,
+                 phase: PhaseSpec, device: torch.device, gen: torch.Generator) -> dict[str, float]:
+    model.train()
+    use_amp = cfg.amp and device.type == "cuda"
+    sums = torch.zeros(3, device=device)  # loss_cl, loss_px, batches: summed on device, no sync
+    for batch in loader:
+        x = batch["image"].to(device, non_blocking=True)
+        y = batch["label"].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            out = model(x)
+        logits = out.logits.float()
+        if phase.pixel:
+            cams = batch["cam"].to(device, non_blocking=True)
+            pixel_logits = out.pixel_logits.float()
+            if cfg.low_res:
+                cams = F.interpolate(cams[:, None], size=pixel_logits.shape[-2:],
+                                     mode="bilinear", align_corners=False)[:, 0]
+            with torch.no_grad():
+                target = _seeds(cfg, cams, gen)
+            rows = (y == 1) if cfg.pixel_loss_rows == "positive" else None
+            loss, parts = pixelcam_objective(logits, y, pixel_logits, target, cfg.lam, rows)
+            sums[1] += parts["loss_px"]
+        else:
+            loss = F.cross_entropy(logits, y)
+        sums[0] += F.cross_entropy(logits.detach(), y)
+        sums[2] += 1
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    s = sums.tolist()
+    return {"loss_cl": s[0] / max(s[2], 1), "loss_px": s[1] / max(s[2], 1)}
+
+
+def _validate(model: WSOLModel, valcl: DataLoader, valpx: DataLoader, phase: PhaseSpec,
+              device: torch.device) -> dict[str, float]:
+    acc = accuracy_only(model, valcl, device)
+    loc = evaluate_split(model, valpx, phase.map_method, device, with_per_image=False)
+    return {"valcl_accuracy": acc, "valpx_pxap": loc.pxap}
+
+
+def fit(model: WSOLModel, cfg: Config, phase: PhaseSpec, *, train_ds: Dataset, valcl_ds: Dataset,
+        valpx_ds: Dataset, out_dir: Path, device: torch.device,
+        log: Callable[[str], None] = print) -> FitResult:
+    """Train one phase, keep the B-LOC and B-CL weights, resume from `state.pt` if present."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out_dir / "checkpoints"
+    ckpt_dir.mkdir(exist_ok=True)
+    state_path = out_dir / "state.pt"
+
+    seed_everything(cfg.seed)
+    model.to(device)
+    if device.type == "cuda" and "resnet" in cfg.backbone:
+        model.to(memory_format=torch.channels_last)
+    opt = make_optimizer(model, cfg)
+    sched = make_scheduler(opt, cfg)
+    loader = train_loader(train_ds, cfg, device, cfg.seed)
+    valcl = eval_loader(valcl_ds, cfg.eval_batch_size, cfg.num_workers, device)
+    valpx = eval_loader(valpx_ds, cfg.eval_batch_size, cfg.num_workers, device)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(cfg.seed + 1)
+
+    result = FitResult()
+    best_score = {"b-loc": -1.0, "b-cl": -1.0}
+    start_epoch = 0
+    if state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        result.history = state["history"]
+        result.best = state["best"]
+        best_score = state["best_score"]
+        gen.set_state(state["sampler_rng"].to(gen.device) if device.type == "cpu"
+                      else state["sampler_rng"])
+        loader.generator.set_state(state["loader_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        np.random.set_state(state["numpy_rng"])
+        start_epoch = state["epoch"] + 1
+        result.resumed_from = state["epoch"]
+        log(f"[{phase.name}] resuming after epoch {state['epoch']}")
+
+    t0 = time.perf_counter()
+    for epoch in range(start_epoch, phase.epochs + 1):
+        row: dict[str, Any] = {"epoch": epoch, "lr": opt.param_groups[0]["lr"]}
+        if epoch > 0:
+            row.update(_train_epoch(model, loader, opt, cfg, phase, device, gen))
+            sched.step()
+        row.update(_validate(model, valcl, valpx, phase, device))
+        result.history.append(row)
+        for name, key in (("b-loc", "valpx_pxap"), ("b-cl", "valcl_accuracy")):
+            if row[key] >= best_score[name]:  # ties go to the latest epoch
+                best_score[name] = row[key]
+                result.best[name] = epoch
+                _atomic_save(model.state_dict(), ckpt_dir / f"{name}.pt")
+        log(f"[{phase.name}] epoch {epoch:3d}/{phase.epochs} "
+            f"loss_cl {row.get('loss_cl', float('nan')):.3f} "
+            f"loss_px {row.get('loss_px', float('nan')):.3f} "
+            f"valcl acc {row['valcl_accuracy']:.1f} valpx PxAP {row['valpx_pxap']:.1f}")
+        _atomic_save({
+            "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "history": result.history, "best": result.best,
+            "best_score": best_score, "sampler_rng": gen.get_state(),
+            "loader_rng": loader.generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(), "numpy_rng": np.random.get_state(),
+        }, state_path)
+    result.seconds = time.perf_counter() - t0
+    _atomic_json({"history": result.history, "best": result.best}, out_dir / "history.json")
+    return result

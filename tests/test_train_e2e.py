@@ -1,0 +1,92 @@
+"""End to end on a tiny synthetic dataset: baseline -> stored CAMs -> PixelCAM -> test metrics."""
+
+import json
+
+import pytest
+import torch
+
+from pixelcam.config import load_config
+from pixelcam.evaluate import resolve_device
+from pixelcam.runs import dataset, get_baseline, get_or_train, new_model
+from pixelcam.train import PhaseSpec, fit
+
+TINY = {
+    "dataset": "synthetic", "synthetic_n_train": 8, "synthetic_n_valcl": 4, "synthetic_n_test": 4,
+    "synthetic_n_valpx_per_class": 1, "synthetic_width": 64, "synthetic_height": 48,
+    "image_size": 48, "resize_size": 56, "backbone": "resnet18", "epochs": 2, "batch_size": 4,
+    "eval_batch_size": 8, "lr": 0.01, "device": "cpu",
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    cfg = load_config(None, {**TINY, "cache_dir": str(cache)})
+    logs: list[str] = []
+    runs = get_or_train(cfg, log=logs.append)
+    return cfg, runs, logs
+
+
+def test_both_phases_train_and_evaluate(trained):
+    cfg, runs, logs = trained
+    for kind in ("baseline", "pixelcam"):
+        run = runs[kind]
+        assert run.kind == kind and not run.reused
+        assert (run.dir / "results.json").exists()
+        assert len(run.results["history"]) == cfg.epochs + 1  # epoch 0 is a candidate
+        for ckpt in ("b-loc", "b-cl"):
+            test = run.test(ckpt)
+            assert 0.0 <= test["pxap"] <= 100.0 and 0.0 <= test["accuracy"] <= 100.0
+            assert test["n_images"] == 4
+            assert set(test["rates"]) >= {"TP*", "FN*", "TN*", "FP*"}
+            assert abs(test["rates"]["TP*"] + test["rates"]["FN*"] - 100) < 1e-6
+            assert 0 <= run.results["best_epoch"][ckpt] <= cfg.epochs
+    assert runs["baseline"].map_method == "layercam"
+    assert runs["pixelcam"].map_method == "pixelcam"
+    assert runs["pixelcam"].results["baseline_key"] == runs["baseline"].key
+    cams = torch.load(runs["baseline"].dir / "cams-b-loc.pt", weights_only=True)
+    assert len(cams) == 8
+    # CAMs are stored at feature resolution (48 / 8 = 6) and min-max normalised
+    for cam in cams.values():
+        assert cam.shape == (6, 6) and float(cam.min()) >= 0.0 and float(cam.max()) <= 1.0
+    assert any("stored 8 train CAMs" in line for line in logs)
+
+
+def test_second_call_reuses_the_runs(trained):
+    cfg, runs, _ = trained
+    stamp = (runs["pixelcam"].dir / "results.json").stat().st_mtime_ns
+    logs: list[str] = []
+    again = get_or_train(cfg, log=logs.append)
+    assert again["baseline"].reused and again["pixelcam"].reused
+    assert (runs["pixelcam"].dir / "results.json").stat().st_mtime_ns == stamp
+    assert any("reusing finished run" in line for line in logs)
+    # a PixelCAM-only change trains a new PixelCAM model on the same baseline
+    other = get_or_train(cfg.replace(lam=0.5), log=logs.append)
+    assert other["baseline"].reused and not other["pixelcam"].reused
+
+
+def test_same_params_same_numbers(trained, tmp_path):
+    cfg, runs, _ = trained
+    fresh = get_baseline(cfg.replace(cache_dir=str(tmp_path)), log=lambda s: None)
+    assert fresh.results["history"] == runs["baseline"].results["history"]
+    assert fresh.results["test"] == runs["baseline"].results["test"]
+
+
+def test_resume_gives_the_same_weights(trained, tmp_path):
+    cfg, _, _ = trained
+    device = resolve_device("cpu")
+    kw = dict(train_ds=dataset(cfg, "train", train=True), valcl_ds=dataset(cfg, "valcl"),
+              valpx_ds=dataset(cfg, "valpx"), device=device, log=lambda s: None)
+    straight = new_model(cfg, pixel=False)
+    fit(straight, cfg, PhaseSpec("baseline", "layercam", 2), out_dir=tmp_path / "a", **kw)
+    # stop after one epoch, then rerun the two-epoch phase in the same directory: it resumes
+    fit(new_model(cfg, pixel=False), cfg, PhaseSpec("baseline", "layercam", 1),
+        out_dir=tmp_path / "b", **kw)
+    resumed = new_model(cfg, pixel=False)
+    result = fit(resumed, cfg, PhaseSpec("baseline", "layercam", 2), out_dir=tmp_path / "b", **kw)
+    assert result.resumed_from == 1
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    hist_a = json.loads((tmp_path / "a" / "history.json").read_text())
+    hist_b = json.loads((tmp_path / "b" / "history.json").read_text())
+    assert hist_a == hist_b
