@@ -1,0 +1,178 @@
+"""Tables with the paper's numbers beside this run's, map figures, each notebook's results.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from pixelcam.config import Config
+from pixelcam.evaluate import resolve_device, to_image
+from pixelcam.models.cams import compute_maps
+from pixelcam.provenance import provenance
+from pixelcam.runs import Run, dataset
+
+PAPER_DIR = Path(__file__).with_name("paper")
+METHOD_NAMES = {"layercam": "LayerCAM"}
+# The synthetic default imitates GlaS (glands in both classes), so its tables sit beside GlaS.
+PAPER_DATASET = {"glas": "glas", "camelyon16": "camelyon16", "synthetic": "glas"}
+
+
+def paper_table(name: str) -> dict[str, Any]:
+    """A transcribed paper table: {caption, columns, rows: {method: {column: value}}}."""
+    raw = yaml.safe_load((PAPER_DIR / f"{name}.yaml").read_text())
+    rows = {m: dict(zip(raw["columns"], vals)) for m, vals in raw["rows"].items()}
+    return {"caption": raw["caption"], "columns": raw["columns"], "rows": rows}
+
+
+def method_label(run: Run) -> str:
+    base = METHOD_NAMES.get(run.results["config"]["method"], run.results["config"]["method"])
+    return f"{base} + PixelCAM" if run.kind == "pixelcam" else base
+
+
+def paper_dataset(cfg: Config) -> str:
+    return PAPER_DATASET.get(cfg.dataset, cfg.dataset)
+
+
+def _delta(run_value: float | None, paper_value: float | None) -> float | None:
+    if run_value is None or paper_value is None or np.isnan(run_value):
+        return None
+    return round(run_value - paper_value, 1)
+
+
+def main_table(runs: list[Run], cfg: Config, checkpoint: str | None = None) -> pd.DataFrame:
+    """Table 1 rows for these runs: PxAP and CL, paper | this run | difference."""
+    checkpoint = checkpoint or cfg.select
+    paper = paper_table("table1")["rows"]
+    ds = paper_dataset(cfg)
+    rows = []
+    for run in runs:
+        label = method_label(run)
+        ref = paper.get(label, {})
+        test = run.test(checkpoint)
+        pxap, cl = round(test["pxap"], 1), round(test["accuracy"], 1)
+        rows.append({
+            "Method": label,
+            "PxAP paper": ref.get(f"{ds}_pxap"), "PxAP run": pxap,
+            "PxAP diff": _delta(pxap, ref.get(f"{ds}_pxap")),
+            "CL paper": ref.get(f"{ds}_cl"), "CL run": cl,
+            "CL diff": _delta(cl, ref.get(f"{ds}_cl")),
+        })
+    return pd.DataFrame(rows).set_index("Method")
+
+
+def rates_table(runs: list[Run], cfg: Config, checkpoint: str | None = None) -> pd.DataFrame:
+    """Table 6 rows: TP*/FN*/TN*/FP* at the test-oracle threshold (as the paper) and at valpx's."""
+    checkpoint = checkpoint or cfg.select
+    paper = paper_table("table6")["rows"]
+    ds = paper_dataset(cfg)
+    rows = []
+    for run in runs:
+        label = method_label(run)
+        ref = paper.get(label, {})
+        test = run.test(checkpoint)
+        for source, rates in (("paper", None), ("run, test-oracle threshold", test["rates"]),
+                              ("run, valpx threshold", test["rates_valpx_threshold"])):
+            row: dict[str, Any] = {"Method": label, "Source": source}
+            for short in ("TP", "FN", "TN", "FP"):
+                value = ref.get(f"{ds}_{short.lower()}") if rates is None else rates[f"{short}*"]
+                row[f"{short}*"] = None if value is None else round(float(value), 1)
+            rows.append(row)
+    return pd.DataFrame(rows).set_index(["Method", "Source"])
+
+
+def pick_images(labels: list[int], per_class: int) -> list[int]:
+    """The first `per_class` images of each class: a fixed, reproducible sample for figures."""
+    chosen: list[int] = []
+    for cls in sorted(set(labels)):
+        chosen += [i for i, y in enumerate(labels) if y == cls][:per_class]
+    return chosen
+
+
+def map_grid(runs: list[Run], cfg: Config, checkpoint: str | None = None,
+             per_class: int | None = None, split: str = "test") -> plt.Figure:
+    """Figure-2-style grid: image, ground truth, then each run's map on the same test images."""
+    checkpoint = checkpoint or cfg.select
+    per_class = per_class or cfg.figure_images
+    device = resolve_device(cfg.device)
+    ds = dataset(cfg, split)
+    idx = pick_images([r.label for r in ds.records], per_class)
+    items = [ds[i] for i in idx]
+    x = torch.stack([it["image"] for it in items]).to(device)
+    y = torch.stack([torch.as_tensor(it["label"]) for it in items]).to(device)
+    columns = [("Image", None), ("Ground truth", None)]
+    maps = []
+    for run in runs:
+        model = run.load_model(cfg, checkpoint, device)
+        maps.append(compute_maps(run.map_method, model, x, y, size=tuple(x.shape[-2:])).cpu())
+        columns.append((method_label(run), run))
+    fig, axes = plt.subplots(len(idx), len(columns), figsize=(2.2 * len(columns), 2.2 * len(idx)),
+                             squeeze=False)
+    names = {0: "benign", 1: "malignant"} if paper_dataset(cfg) == "glas" else {0: "normal",
+                                                                              1: "tumour"}
+    for r, item in enumerate(items):
+        image = to_image(item["image"])
+        panels = [image, item["mask"].numpy()] + [m[r].numpy() for m in maps]
+        for c, panel in enumerate(panels):
+            ax = axes[r, c]
+            if c == 0:
+                ax.imshow(panel)
+                ax.set_ylabel(names.get(int(item["label"]), str(int(item["label"]))))
+            elif c == 1:
+                ax.imshow(panel, cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(image)
+                ax.imshow(panel, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(columns[c][0], fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def write_results(output_dir: str | Path, cfg: Config, started: float, *,
+                  metrics: dict[str, Any], headline: dict[str, Any],
+                  runs: dict[str, Run] | None = None) -> Path:
+    """A notebook's results.json: its metrics, the headline for the index, and provenance."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "metrics": metrics, "headline": headline,
+        "runs": {name: {"dir": str(r.dir), "key": r.key, "reused": r.reused,
+                        "durations": r.results.get("durations")}
+                 for name, r in (runs or {}).items()},
+        "provenance": provenance(cfg, resolve_device(cfg.device), started=started,
+                                 ended=time.time()),
+    }
+    path = out / "results.json"
+    tmp = path.with_name(".results.json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=float))
+    os.replace(tmp, path)
+    return path
+
+
+def history_plot(runs: list[Run]) -> plt.Figure:
+    """valcl accuracy and valpx PxAP per epoch: the asynchronous convergence behind B-LOC/B-CL."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    for run in runs:
+        hist = run.results["history"]
+        epochs = [h["epoch"] for h in hist]
+        label = method_label(run)
+        axes[0].plot(epochs, [h["valpx_pxap"] for h in hist], label=label)
+        axes[1].plot(epochs, [h["valcl_accuracy"] for h in hist], label=label)
+        for ax, key in ((axes[0], "b-loc"), (axes[1], "b-cl")):
+            ax.axvline(run.results["best_epoch"][key], ls=":", color=ax.lines[-1].get_color())
+    axes[0].set(title="valpx PxAP (B-LOC at the dotted line)", xlabel="epoch", ylabel="PxAP")
+    axes[1].set(title="valcl accuracy (B-CL at the dotted line)", xlabel="epoch", ylabel="CL %")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,180 @@
+"""Execute the notebooks of a profile with papermill, render HTML reports and an index page.
+
+A failing notebook does not stop the batch: it is marked failed in the index with its error line,
+and the batch exits non-zero at the end.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pixelcam.config import load_config
+from pixelcam.errors import ConfigError
+
+KERNEL = "python3"
+
+
+@dataclass
+class NotebookResult:
+    name: str
+    status: str  # ok | failed | kernel died | bad params
+    seconds: float
+    error: str = ""
+    html: str = ""
+    headline: dict[str, Any] | None = None
+
+
+def discover(notebooks_dir: Path, only: list[str] | None = None) -> list[Path]:
+    """Notebooks NN_name.ipynb in order; `only` keeps those whose name starts with a prefix."""
+    found = sorted(p for p in notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        found = [p for p in found if any(p.stem.startswith(o) for o in only)]
+    return found
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def render_html(executed: Path, target: Path) -> None:
+    """Shareable HTML: code hidden, figures embedded as images, outputs kept."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
+                            exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
+    _atomic_write(target, body)
+
+
+def _error_line(exc: BaseException) -> tuple[str, str]:
+    from nbclient.exceptions import DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(exc, PapermillExecutionError):
+        return "failed", f"{exc.ename}: {exc.evalue} (cell {exc.exec_count})"
+    if isinstance(exc, DeadKernelError):
+        return "kernel died", f"the kernel died (out of memory?): {exc}".splitlines()[0]
+    return "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def run_notebook(notebook: Path, params_file: Path, out_dir: Path, profile: str, cwd: Path,
+                 overrides: Mapping[str, Any] | None = None, cell_timeout: int = 3600,
+                 log: Callable[[str], None] = print) -> NotebookResult:
+    """Validate the params, execute the notebook into out_dir, render its HTML."""
+    import papermill
+
+    name = notebook.stem
+    t0 = time.perf_counter()
+    result_dir = out_dir / name
+    stale = result_dir / "results.json"
+    if stale.exists():
+        stale.unlink()  # a failed rerun must not show the previous run's numbers
+    try:
+        if not params_file.is_file():
+            raise ConfigError(f"params file {params_file} does not exist: add it for {name}")
+        params = yaml.safe_load(params_file.read_text()) or {}
+        params.update(overrides or {})
+        load_config(None, params)  # fail here, with the valid keys, before starting a kernel
+    except (ConfigError, yaml.YAMLError) as exc:
+        msg = f"{params_file}: {exc}".splitlines()[0]
+        log(f"[{name}] bad params: {msg}")
+        return NotebookResult(name, "bad params", time.perf_counter() - t0, error=msg)
+
+    executed = out_dir / f"{name}.ipynb"
+    status, error = "ok", ""
+    log(f"[{name}] running with {params_file}")
+    try:
+        papermill.execute_notebook(
+            str(notebook), str(executed), kernel_name=KERNEL, cwd=str(cwd), progress_bar=False,
+            execution_timeout=cell_timeout, log_output=False,
+            parameters={"params": params, "profile": profile, "output_dir": str(result_dir)},
+        )
+    except Exception as exc:  # noqa: BLE001 - every failure is reported, the batch goes on
+        status, error = _error_line(exc)
+        log(f"[{name}] {status}: {error}")
+    html_path = out_dir / f"{name}.html"
+    if executed.exists():
+        render_html(executed, html_path)
+    headline = None
+    if status == "ok" and stale.exists():
+        headline = json.loads(stale.read_text()).get("headline")
+    return NotebookResult(name, status, time.perf_counter() - t0, error,
+                          html_path.name if html_path.exists() else "", headline)
+
+
+def _fmt_headline(headline: Mapping[str, Any] | None) -> str:
+    if not headline:
+        return ""
+    parts = []
+    for key, value in headline.items():
+        text = f"{value:.1f}" if isinstance(value, float) else str(value)
+        parts.append(f"{html.escape(str(key))}: <b>{html.escape(text)}</b>")
+    return "<br>".join(parts)
+
+
+def write_index(out_dir: Path, results: list[NotebookResult], profile: str) -> Path:
+    """The landing page of a profile: one row per notebook with status, time and headline."""
+    rows = []
+    for r in results:
+        link = f'<a href="{html.escape(r.html)}">{html.escape(r.name)}</a>' if r.html else \
+            html.escape(r.name)
+        css = "ok" if r.status == "ok" else "bad"
+        err = f'<div class="err">{html.escape(r.error)}</div>' if r.error else ""
+        rows.append(
+            f"<tr><td>{link}</td><td class='{css}'>{html.escape(r.status)}{err}</td>"
+            f"<td>{r.seconds:.0f} s</td><td>{_fmt_headline(r.headline)}</td></tr>"
+        )
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>pixelcam-kit reports: {html.escape(profile)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: .4em .8em; }}
+.ok {{ color: #1a7f37; }} .bad {{ color: #cf222e; }} .err {{ font-size: .85em; color: #555; }}
+</style></head><body>
+<h1>PixelCAM reproduction: {html.escape(profile)} profile</h1>
+<p>Generated {stamp}. Each report shows the paper's numbers beside this run's.</p>
+<table><tr><th>Notebook</th><th>Status</th><th>Duration</th><th>Headline</th></tr>
+{chr(10).join(rows)}
+</table></body></html>
+"""
+    path = out_dir / "index.html"
+    _atomic_write(path, page)
+    return path
+
+
+def run_reports(profile: str, root: Path, only: list[str] | None = None,
+                overrides: Mapping[str, Any] | None = None, outputs: Path | None = None,
+                cell_timeout: int = 3600, log: Callable[[str], None] = print) -> int:
+    """Run every notebook of a profile; return the exit code (0 only if all succeeded)."""
+    notebooks = discover(root / "notebooks", only)
+    if not notebooks:
+        log(f"no notebook matches {only} in {root / 'notebooks'}")
+        return 2
+    out_dir = (outputs or root / "outputs") / profile
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for nb in notebooks:
+        params_file = root / "params" / profile / f"{nb.stem}.yaml"
+        results.append(run_notebook(nb, params_file, out_dir, profile, cwd=root,
+                                    overrides=overrides, cell_timeout=cell_timeout, log=log))
+        log(f"[{nb.stem}] {results[-1].status} in {results[-1].seconds:.0f} s")
+    index = write_index(out_dir, results, profile)
+    failed = [r for r in results if r.status != "ok"]
+    log(f"report: {index}")
+    if failed:
+        log(f"{len(failed)} of {len(results)} notebooks failed: "
+            + ", ".join(f"{r.name} ({r.error})" for r in failed))
+    return 1 if failed else 0

@@ -1,0 +1,68 @@
+"""The batch runner: papermill execution, HTML rendering, index page, failure handling."""
+
+import json
+
+import nbformat
+import pytest
+
+from pixelcam.runner import discover, run_reports
+
+
+def _notebook(path, source):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "quick"\nparams = {}\noutput_dir = "x"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(source)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, path)
+
+
+GOOD = """import json, pathlib
+out = pathlib.Path(output_dir); out.mkdir(parents=True, exist_ok=True)
+print("epochs is", params["epochs"])
+(out / "results.json").write_text(json.dumps({"headline": {"PxAP": 12.5}}))"""
+BAD = "raise ValueError('synthetic failure for the test')"
+
+
+@pytest.fixture()
+def project(tmp_path):
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "params" / "quick").mkdir(parents=True)
+    _notebook(tmp_path / "notebooks" / "01_good.ipynb", GOOD)
+    _notebook(tmp_path / "notebooks" / "02_bad.ipynb", BAD)
+    _notebook(tmp_path / "notebooks" / "03_params.ipynb", GOOD)
+    for name in ("01_good", "02_bad"):
+        (tmp_path / "params" / "quick" / f"{name}.yaml").write_text("epochs: 2\n")
+    (tmp_path / "params" / "quick" / "03_params.yaml").write_text("epoch: 2\n")
+    return tmp_path
+
+
+def test_discover_orders_and_filters(project):
+    names = [p.stem for p in discover(project / "notebooks")]
+    assert names == ["01_good", "02_bad", "03_params"]
+    assert [p.stem for p in discover(project / "notebooks", ["02"])] == ["02_bad"]
+
+
+def test_failures_do_not_stop_the_batch(project):
+    logs = []
+    code = run_reports("quick", project, overrides={"epochs": 3}, log=logs.append)
+    assert code == 1  # non-zero at the end because two notebooks failed
+    out = project / "outputs" / "quick"
+    # the good notebook ran with the override, rendered HTML without code, wrote its results
+    html = (out / "01_good.html").read_text()
+    assert "epochs is 3" in html and "import json, pathlib" not in html
+    assert json.loads((out / "01_good" / "results.json").read_text())["headline"] == {"PxAP": 12.5}
+    # the failing notebook still has its executed copy and HTML, and the index names the error
+    assert (out / "02_bad.ipynb").exists() and (out / "02_bad.html").exists()
+    index = (out / "index.html").read_text()
+    assert "ValueError: synthetic failure for the test" in index
+    assert "12.5" in index and "01_good.html" in index
+    # bad params fail before a kernel starts, with the valid keys in the message
+    assert "unknown key &#x27;epoch&#x27;" in index and not (out / "03_params.ipynb").exists()
+    assert any("2 of 3 notebooks failed" in line for line in logs)
+
+
+def test_all_good_exits_zero(project):
+    assert run_reports("quick", project, only=["01"], log=lambda s: None) == 0
+    assert run_reports("quick", project, only=["99"], log=lambda s: None) == 2
