@@ -82,7 +82,6 @@ class Config:
     amp: bool = True  # mixed precision on CUDA only; CPU always fp32
     num_workers: int = 0
     cache_dir: str = ".cache/pixelcam"
-    progress: bool = False
     figure_images: int = 4  # images per class in map grids
 
     def __post_init__(self) -> None:
@@ -112,8 +111,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 # Keys that never change a trained model or its numbers: left out of the run hashes.
 RUNTIME_KEYS = frozenset(
-    {"select", "eval_batch_size", "device", "amp", "num_workers", "cache_dir", "progress",
-     "figure_images"}
+    {"select", "eval_batch_size", "device", "num_workers", "cache_dir", "figure_images"}
 )
 # Keys that only the PixelCAM phase reads: a baseline is shared by every value of these.
 PIXELCAM_KEYS = frozenset(

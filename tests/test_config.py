@@ -67,7 +67,7 @@ def test_hashes_share_the_baseline_across_pixelcam_settings():
     b = a.replace(lam=0.1, n_fg=1, device="cpu", num_workers=4)
     assert baseline_key(a) == baseline_key(b)
     assert pixelcam_key(a) != pixelcam_key(b)
-    assert pixelcam_key(a) == pixelcam_key(a.replace(device="cpu", progress=True))
+    assert pixelcam_key(a) == pixelcam_key(a.replace(device="cpu", figure_images=9))
     assert baseline_key(a) != baseline_key(a.replace(seed=1))
     assert params_hash(a) == params_hash(load_config(None, {"epochs": 3}))
     # pixelcam_epochs 0 means "as epochs": the same run as spelling it out

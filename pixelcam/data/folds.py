@@ -1,4 +1,4 @@
-"""The WSOL fold format: one reader and one writer shared by real (GlaS, CAMELYON) and synthetic data.
+"""The WSOL fold format: one reader and one writer for real (GlaS, CAMELYON) and synthetic data.
 
 A fold directory holds one sub-directory per split; each split holds comma-separated text files
 with one image per line (the layout of the "wsol-done-right" splits that the paper uses):
@@ -43,26 +43,28 @@ class Record:
     mask_path: str | None = None
 
 
-def find_encoding(fold_dir: str | Path) -> dict[str, int]:
-    """Load ``{class_name: label}``; searched upwards because datasets keep one file for all folds."""
-    fold_dir = Path(fold_dir)
-    candidates = [fold_dir, fold_dir.parent, fold_dir.parent.parent]
-    for directory in candidates:
-        path = directory / ENCODING_FILE
-        if path.is_file():
-            return _load_encoding(path)
-    looked = ", ".join(str(d / ENCODING_FILE) for d in candidates)
-    raise DataError(
-        f"no {ENCODING_FILE} found for fold {fold_dir} (looked at {looked}): "
-        f"write one such as '{{benign: 0, malignant: 1}}' next to the fold directories"
-    )
+def _encoding_dirs(fold_dir: Path) -> list[Path]:
+    return [fold_dir, fold_dir.parent, fold_dir.parent.parent]
 
 
 def _encoding_path(fold_dir: Path) -> Path | None:
-    for directory in (fold_dir, fold_dir.parent, fold_dir.parent.parent):
+    for directory in _encoding_dirs(fold_dir):
         if (directory / ENCODING_FILE).is_file():
             return directory / ENCODING_FILE
     return None
+
+
+def find_encoding(fold_dir: str | Path) -> dict[str, int]:
+    """Load ``{class_name: label}``; searched upwards: datasets keep one file for all folds."""
+    fold_dir = Path(fold_dir)
+    path = _encoding_path(fold_dir)
+    if path is None:
+        looked = ", ".join(str(d / ENCODING_FILE) for d in _encoding_dirs(fold_dir))
+        raise DataError(
+            f"no {ENCODING_FILE} found for fold {fold_dir} (looked at {looked}): "
+            f"write one such as '{{benign: 0, malignant: 1}}' next to the fold directories"
+        )
+    return _load_encoding(path)
 
 
 def _load_encoding(path: Path) -> dict[str, int]:
@@ -86,7 +88,8 @@ def _load_encoding(path: Path) -> dict[str, int]:
             f"'{{benign: 0, malignant: 1}}'; got {data!r}"
         )
     if len(set(data.values())) != len(data):
-        raise DataError(f"{path} gives the same label to two classes ({data!r}): make labels unique")
+        raise DataError(
+            f"{path} gives the same label to two classes ({data!r}): make labels unique")
     return dict(data)
 
 
@@ -280,7 +283,8 @@ def write_split(fold_dir: str | Path, split: str, records: Sequence[Record]) -> 
     """Write a split in the format read_split reads, one file at a time atomically."""
     split_dir = Path(fold_dir) / split
     if not records:
-        raise DataError(f"cannot write split {split} in {fold_dir} with no records: pass at least one")
+        raise DataError(
+            f"cannot write split {split} in {fold_dir} with no records: pass at least one")
     seen: set[str] = set()
     for r in records:
         if not r.image_id:

@@ -9,7 +9,7 @@ so a classifier has to learn *what the glands look like*, not whether they are t
   stratified large dark pleomorphic nuclei, debris in the lumens, more stroma (inflammatory) nuclei.
 
 Colour follows Beer-Lambert: optical density OD = c_H * h + c_E * e (+ a small background), RGB =
-255 * exp(-OD), with the stain vectors taken from the spec, so a stain shift is a change of the spec.
+255 * exp(-OD), with the stain vectors taken from the spec: a stain shift is a change of the spec.
 Everything is drawn from numpy Generators derived from (seed, image index): the same spec gives
 byte-identical PNGs.
 """
@@ -59,7 +59,8 @@ class SyntheticSpec:
     stain_matrix: tuple[tuple[float, float, float], tuple[float, float, float]] = (H_OD, E_OD)
 
     def __post_init__(self) -> None:
-        for name in ("n_train", "n_valcl", "n_test", "n_valpx_per_class", "width", "height", "seed"):
+        names = ("n_train", "n_valcl", "n_test", "n_valpx_per_class", "width", "height", "seed")
+        for name in names:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ConfigError(f"synthetic {name} must be an integer, got {value!r}")
