@@ -1,4 +1,4 @@
-"""The fold-format reader on the protocol's real fold files, the writer, and every bad-input case."""
+"""The fold-format reader on the protocol's real fold files, the writer, and bad input."""
 
 from pathlib import Path
 

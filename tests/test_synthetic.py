@@ -1,4 +1,4 @@
-"""The embedded synthetic H&E dataset: deterministic, two distinct classes, gland masks, fold files."""
+"""The embedded synthetic H&E dataset: deterministic, distinct classes, masks, fold files."""
 
 import hashlib
 
