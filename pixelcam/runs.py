@@ -175,7 +175,7 @@ def get_baseline(cfg: Config, log: Log = print) -> Run:
         if (run := _load_complete("baseline", key, run_dir, log)) is not None:
             return run
         log(f"[baseline] training {cfg.method} on {cfg.backbone} into {run_dir}")
-        phase = PhaseSpec("baseline", cfg.method, cfg.epochs, pixel=False)
+        phase = PhaseSpec("baseline", cfg.method, cfg.epochs)
         return _train_run("baseline", key, run_dir, cfg, phase, new_model(cfg, pixel=False),
                           dataset(cfg, "train", train=True), log)
 
@@ -219,7 +219,7 @@ def get_pixelcam(cfg: Config, log: Log = print, baseline: Run | None = None) -> 
             raise RuntimeError(f"baseline checkpoint does not match: {missing} {unexpected}")
         log(f"[pixelcam] training on {cfg.cam_checkpoint} CAMs from {cfg.init_checkpoint} weights"
             f" into {run_dir}")
-        phase = PhaseSpec("pixelcam", "pixelcam", cfg.total_pixelcam_epochs, pixel=True)
+        phase = PhaseSpec("pixelcam", "pixelcam", cfg.total_pixelcam_epochs)
         extra = {"baseline_key": baseline.key}
         return _train_run("pixelcam", key, run_dir, cfg, phase, model,
                           dataset(cfg, "train", train=True, cams=cams), log, extra)

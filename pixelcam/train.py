@@ -73,10 +73,17 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: Config) -> torch.optim.lr_sc
 class PhaseSpec:
     """What differs between the baseline and the PixelCAM phase."""
 
-    name: str  # "baseline" | "pixelcam"
+    name: str  # "baseline" | "pixelcam": also the key of its objective in OBJECTIVES
     map_method: str  # map used for B-LOC on valpx
     epochs: int
-    pixel: bool = False
+
+    @property
+    def objective(self) -> str:
+        return self.name
+
+    @property
+    def pixel(self) -> bool:
+        return self.name == "pixelcam"
 
 
 @dataclass
@@ -106,37 +113,56 @@ def _seeds(cfg: Config, cams: torch.Tensor, gen: torch.Generator) -> torch.Tenso
                            bg_mode=cfg.bg_mode, generator=gen)
 
 
+Parts = dict[str, torch.Tensor]
+
+
+def baseline_objective(model: WSOLModel, batch: dict[str, torch.Tensor], cfg: Config,
+                       gen: torch.Generator, use_amp: bool) -> tuple[torch.Tensor, Parts]:
+    """Image cross-entropy: the WSOL baselines (phase 1)."""
+    x, y = batch["image"], batch["label"]
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        out = model(x)
+    loss = F.cross_entropy(out.logits.float(), y)
+    return loss, {"loss_cl": loss.detach()}
+
+
+def pixelcam_objective_step(model: WSOLModel, batch: dict[str, torch.Tensor], cfg: Config,
+                            gen: torch.Generator, use_amp: bool) -> tuple[torch.Tensor, Parts]:
+    """Image CE + lam * partial CE on seeds drawn afresh from the aligned CAM at every step."""
+    x, y, cams = batch["image"], batch["label"], batch["cam"]
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        out = model(x)
+    pixel_logits = out.pixel_logits.float()
+    if cfg.low_res:
+        cams = F.interpolate(cams[:, None], size=pixel_logits.shape[-2:], mode="bilinear",
+                             align_corners=False)[:, 0]
+    with torch.no_grad():
+        target = _seeds(cfg, cams, gen)
+    rows = (y == 1) if cfg.pixel_loss_rows == "positive" else None
+    return pixelcam_objective(out.logits.float(), y, pixel_logits, target, cfg.lam, rows)
+
+
+OBJECTIVES = {"baseline": baseline_objective, "pixelcam": pixelcam_objective_step}
+
+
 def _train_epoch(model: WSOLModel, loader: DataLoader, opt: torch.optim.Optimizer, cfg: Config,
                  phase: PhaseSpec, device: torch.device, gen: torch.Generator) -> dict[str, float]:
     model.train()
     use_amp = cfg.amp and device.type == "cuda"
-    sums = torch.zeros(3, device=device)  # loss_cl, loss_px, batches: summed on device, no sync
+    objective = OBJECTIVES[phase.objective]
+    sums: dict[str, torch.Tensor] = {}  # loss terms summed on the device: no host sync per step
+    batches = 0
     for batch in loader:
-        x = batch["image"].to(device, non_blocking=True)
-        y = batch["label"].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            out = model(x)
-        logits = out.logits.float()
-        if phase.pixel:
-            cams = batch["cam"].to(device, non_blocking=True)
-            pixel_logits = out.pixel_logits.float()
-            if cfg.low_res:
-                cams = F.interpolate(cams[:, None], size=pixel_logits.shape[-2:],
-                                     mode="bilinear", align_corners=False)[:, 0]
-            with torch.no_grad():
-                target = _seeds(cfg, cams, gen)
-            rows = (y == 1) if cfg.pixel_loss_rows == "positive" else None
-            loss, parts = pixelcam_objective(logits, y, pixel_logits, target, cfg.lam, rows)
-            sums[1] += parts["loss_px"]
-        else:
-            loss = F.cross_entropy(logits, y)
-        sums[0] += F.cross_entropy(logits.detach(), y)
-        sums[2] += 1
+        batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+                 for k, v in batch.items()}
+        loss, parts = objective(model, batch, cfg, gen, use_amp)
+        for name, value in parts.items():
+            sums[name] = sums.get(name, 0) + value
+        batches += 1
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    s = sums.tolist()
-    return {"loss_cl": s[0] / max(s[2], 1), "loss_px": s[1] / max(s[2], 1)}
+    return {name: float(total) / max(batches, 1) for name, total in sums.items()}
 
 
 def _validate(model: WSOLModel, valcl: DataLoader, valpx: DataLoader, phase: PhaseSpec,
@@ -201,9 +227,8 @@ def fit(model: WSOLModel, cfg: Config, phase: PhaseSpec, *, train_ds: Dataset, v
                 best_score[name] = row[key]
                 result.best[name] = epoch
                 _atomic_save(model.state_dict(), ckpt_dir / f"{name}.pt")
-        log(f"[{phase.name}] epoch {epoch:3d}/{phase.epochs} "
-            f"loss_cl {row.get('loss_cl', float('nan')):.3f} "
-            f"loss_px {row.get('loss_px', float('nan')):.3f} "
+        losses = " ".join(f"{k} {v:.3f}" for k, v in row.items() if k.startswith("loss_"))
+        log(f"[{phase.name}] epoch {epoch:3d}/{phase.epochs} {losses} "
             f"valcl acc {row['valcl_accuracy']:.1f} valpx PxAP {row['valpx_pxap']:.1f}")
         _atomic_save({
             "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
