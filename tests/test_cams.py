@@ -1,4 +1,5 @@
-"""Localisation maps: LayerCAM against pytorch-grad-cam and autograd, PixelCAM, compute_maps."""
+"""Localisation maps: LayerCAM/GradCAM++ against pytorch-grad-cam and autograd, CAM, DeepMIL,
+PixelCAM, compute_maps."""
 
 from __future__ import annotations
 
@@ -6,15 +7,26 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from pytorch_grad_cam import LayerCAM
+from pytorch_grad_cam import GradCAMPlusPlus, LayerCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from pixelcam.errors import ConfigError, DataError, ModelError
 from pixelcam.models import cams
-from pixelcam.models.cams import MAPS, compute_maps, layercam, minmax, pixelcam
-from pixelcam.models.heads import WGAP, PixelHead
-from pixelcam.models.model import WSOLModel, build_model
+from pixelcam.models.cams import (
+    BASELINE_HEAD,
+    MAPS,
+    cam,
+    compute_maps,
+    deepmil,
+    gradcampp,
+    gradcampp_official,
+    layercam,
+    minmax,
+    pixelcam,
+)
+from pixelcam.models.heads import WGAP, DeepMIL, PixelHead
+from pixelcam.models.model import IMAGE_HEADS, WSOLModel, build_model
 
 
 @pytest.fixture(autouse=True)
@@ -181,3 +193,185 @@ def test_wgap_layercam_is_relu_of_positive_class_weights() -> None:
         w = head.fc.weight[1:][labels].clamp_min(0)
         expected = minmax(torch.relu(torch.einsum("bk,bkhw->bhw", w, feats)))
     torch.testing.assert_close(layercam(model, x, labels), expected)
+
+
+# --- GradCAM++, CAM, DeepMIL maps --------------------------------------------------------------
+
+
+def _gradcampp_reference(model: WSOLModel, x: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    with GradCAMPlusPlus(model=_LogitsOnly(model), target_layers=[model.encoder]) as ref:
+        return ref(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in labels])
+
+
+def _sharpen(linear: nn.Linear, factor: float) -> None:
+    # pytorch-grad-cam adds eps=1e-6 to the GradCAM++ denominator, which only vanishes when
+    # G^2 >> 1e-6; larger class weights (as after training) put G in that regime.
+    with torch.no_grad():
+        linear.weight.mul_(factor)
+
+
+def _wgap_model(support_background: bool = True) -> WSOLModel:
+    enc = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
+    return WSOLModel(enc, WGAP(6, 2, support_background=support_background)).eval()
+
+
+def test_gradcampp_matches_pytorch_grad_cam_at_feature_resolution() -> None:
+    model = _tiny_model().eval()
+    _sharpen(model.image_head[-1], 4096.0)
+    x = torch.randn(3, 3, 16, 16)
+    labels = torch.tensor([0, 2, 1])
+    ours = gradcampp(model, x, labels)
+    assert ours.shape == (3, 16, 16)
+    np.testing.assert_allclose(ours.numpy(), _gradcampp_reference(model, x, labels), atol=1e-4)
+    # the paper variant is not the official one on a spatially varying gradient
+    assert (ours - gradcampp_official(model, x, labels)).abs().max() > 1e-2
+
+
+def test_gradcampp_matches_pytorch_grad_cam_after_resize() -> None:
+    # a strided encoder and a WGAP head as in the baselines: F is 10x8 for a 40x32 image, and
+    # grad-cam's cv2 resize + min-max is matched by compute_maps' resize + min-max
+    enc = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+    )
+    model = WSOLModel(enc, WGAP(16, 2, support_background=True)).eval()
+    _sharpen(model.image_head.fc, 1000.0)
+    x = torch.randn(2, 3, 40, 32)
+    labels = torch.tensor([1, 0])
+    ours = minmax(compute_maps("gradcampp", model, x, labels, size=(40, 32)))
+    np.testing.assert_allclose(ours.numpy(), _gradcampp_reference(model, x, labels), atol=1e-4)
+
+
+def test_gradcampp_closed_forms_with_wgap_head() -> None:
+    # WGAP: G_k = w_yk / (h*w) at every position, so with S_k = sum_ab F_k,
+    # paper: w_k = h*w * ReLU(g_k) / (2 + S_k g_k);  official: w_k = h*w * ReLU(g_k)^3
+    model = _wgap_model()
+    x = torch.randn(3, 3, 5, 6)
+    labels = torch.tensor([1, 0, 1])
+    with torch.no_grad():
+        feats = model.encoder(x)
+        g = model.image_head.fc.weight[1:][labels] / 30.0
+        s = feats.sum(dim=(2, 3))
+        w_paper = 30.0 * torch.relu(g) / (2.0 + s * g)
+        w_official = 30.0 * torch.relu(g) ** 3
+        paper = minmax(torch.relu(torch.einsum("bk,bkhw->bhw", w_paper, feats)))
+        official = minmax(torch.relu(torch.einsum("bk,bkhw->bhw", w_official, feats)))
+    torch.testing.assert_close(gradcampp(model, x, labels), paper)
+    torch.testing.assert_close(gradcampp(model, x, labels, variant="paper"), paper)
+    torch.testing.assert_close(gradcampp_official(model, x, labels), official)
+    torch.testing.assert_close(gradcampp(model, x, labels, variant="official"), official)
+    assert not torch.allclose(paper, official)
+
+
+def test_gradcampp_official_equals_definition_with_autograd_on_full_forward() -> None:
+    model = _tiny_model().eval()
+    x = torch.randn(2, 3, 9, 7)
+    labels = torch.tensor([1, 2])
+    out = model(x)
+    score = out.logits[torch.arange(2), labels]
+    (grads,) = torch.autograd.grad(score.sum(), out.features)
+    weights = (grads**2 * torch.relu(grads)).sum(dim=(2, 3))
+    expected = minmax(torch.relu(torch.einsum("bk,bkhw->bhw", weights, out.features))).detach()
+    maps, logits = gradcampp_official(model, x, labels, return_logits=True)
+    torch.testing.assert_close(maps, expected)
+    torch.testing.assert_close(logits, out.logits.detach())
+
+
+def test_gradcampp_zero_gradient_gives_zero_map_not_nan() -> None:
+    # a zero class row: G = 0 everywhere, the paper denominator is 0 -> alpha 0, map all zeros
+    model = _wgap_model()
+    with torch.no_grad():
+        model.image_head.fc.weight[2].zero_()
+    x = torch.randn(2, 3, 4, 4)
+    for variant in ("paper", "official"):
+        maps = gradcampp(model, x, torch.tensor([1, 1]), variant=variant)
+        assert torch.equal(maps, torch.zeros(2, 4, 4))
+    with pytest.raises(ConfigError, match="paper, official"):
+        gradcampp(model, x, torch.tensor([1, 1]), variant="torchcam")
+
+
+def test_cam_uses_class_rows_not_the_background_row() -> None:
+    model = _wgap_model(support_background=True)
+    x = torch.randn(2, 3, 6, 5)
+    labels = torch.tensor([0, 1])
+    with torch.no_grad():
+        feats = model.encoder(x)
+        w = model.image_head.fc.weight
+        expected = minmax(torch.einsum("bk,bkhw->bhw", w[1:][labels], feats))
+        official_bug = minmax(torch.einsum("bk,bkhw->bhw", w[labels], feats))
+        out = model(x)
+    maps, logits = cam(model, x, labels, return_logits=True)
+    torch.testing.assert_close(maps, expected)
+    torch.testing.assert_close(logits, out.logits)
+    assert not torch.allclose(maps[0], official_bug[0])  # class 0 differs from the bg row
+    assert maps.shape == (2, 6, 5) and torch.equal(maps.amin(dim=(1, 2)), torch.zeros(2))
+    # without a background row the class rows are the whole weight
+    plain = _wgap_model(support_background=False)
+    with torch.no_grad():
+        feats = plain.encoder(x)
+        expected = minmax(torch.einsum("bk,bkhw->bhw", plain.image_head.fc.weight[labels], feats))
+    torch.testing.assert_close(cam(plain, x, labels), expected)
+    with pytest.raises(ModelError, match="head='wgap'"):
+        cam(_deepmil_model(), x, labels)
+
+
+def _deepmil_model() -> WSOLModel:
+    enc = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+    return WSOLModel(enc, DeepMIL(8, 2, mid_channels=4)).eval()
+
+
+def test_deepmil_map_is_minmax_of_true_class_attention() -> None:
+    model = _deepmil_model()
+    x = torch.randn(3, 3, 7, 6)
+    labels = torch.tensor([1, 0, 1])
+    with torch.no_grad():
+        out = model(x)
+        att = model.image_head.attention(out.features)
+    maps, logits = deepmil(model, x, labels, return_logits=True)
+    assert maps.shape == (3, 7, 6)
+    torch.testing.assert_close(maps, minmax(att[torch.arange(3), labels]))
+    torch.testing.assert_close(logits, out.logits)
+    torch.testing.assert_close(maps.flatten(1).amax(1), torch.ones(3))
+    assert not torch.allclose(maps, deepmil(model, x, 1 - labels))
+    with pytest.raises(ModelError, match="head='deepmil'"):
+        deepmil(_wgap_model(), x, labels)
+    with pytest.raises(DataError, match=r"label 2 falls outside the model.s 2 classes"):
+        deepmil(model, x, torch.tensor([0, 2, 1]))
+
+
+def test_registry_and_baseline_heads() -> None:
+    assert set(MAPS) >= {"cam", "gradcampp", "gradcampp_official", "layercam", "deepmil"}
+    assert BASELINE_HEAD == {
+        "cam": "wgap",
+        "gradcampp": "wgap",
+        "gradcampp_official": "wgap",
+        "layercam": "wgap",
+        "deepmil": "deepmil",
+    }
+    assert set(BASELINE_HEAD) <= set(MAPS) and set(BASELINE_HEAD.values()) <= set(IMAGE_HEADS)
+    assert MAPS["gradcampp"] is gradcampp and MAPS["cam"] is cam and MAPS["deepmil"] is deepmil
+
+
+@pytest.mark.parametrize(
+    "method", ["cam", "gradcampp", "gradcampp_official", "layercam", "deepmil"]
+)
+def test_every_baseline_map_shape_range_and_untouched_grads(method: str) -> None:
+    enc = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU())
+    head = DeepMIL(8, 2, mid_channels=4) if BASELINE_HEAD[method] == "deepmil" else WGAP(8, 2)
+    model = WSOLModel(enc, head, PixelHead(8)).eval()
+    x = torch.randn(2, 3, 10, 12)
+    labels = torch.tensor([0, 1])
+    maps, logits = compute_maps(method, model, x, labels, size=(10, 12), return_logits=True)
+    assert maps.shape == (2, 10, 12) and logits.shape == (2, 2)
+    assert maps.min() >= 0 and maps.max() <= 1 and not maps.requires_grad
+    low = MAPS[method](model, x, labels)
+    assert low.shape == (2, 5, 6)
+    torch.testing.assert_close(low.flatten(1).amax(1), torch.ones(2))
+    torch.testing.assert_close(low.flatten(1).amin(1), torch.zeros(2))
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(DataError, match="2 labels for a batch of 3"):
+        MAPS[method](model, torch.randn(3, 3, 10, 12), labels)
+    with pytest.raises(DataError, match="labels=None"):
+        MAPS[method](model, x, None)

@@ -1,6 +1,9 @@
-"""Encoders, heads and WSOLModel: shapes, the paper's parameter counts, weights, lr groups."""
+"""Encoders, heads (WGAP, gated DeepMIL, pixel) and WSOLModel: shapes, the paper's parameter
+counts, weights, lr groups."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import timm
@@ -11,7 +14,7 @@ from torch import nn
 from pixelcam.errors import ConfigError, ModelError
 from pixelcam.models import backbones
 from pixelcam.models.backbones import EncoderSpec, create_encoder, load_weights
-from pixelcam.models.heads import WGAP, PixelHead
+from pixelcam.models.heads import WGAP, DeepMIL, PixelHead
 from pixelcam.models.model import ModelOutput, WSOLModel, build_model, count_parameters
 
 
@@ -233,3 +236,87 @@ def test_wsol_model_without_pixel_head_and_bad_dropout() -> None:
     assert {id(p) for p in groups[0]["params"]} == {id(p) for p in enc.parameters()}
     with pytest.raises(ConfigError, match="spatial_dropout"):
         WSOLModel(enc, WGAP(4, 3), spatial_dropout=1.0)
+
+
+# --- gated DeepMIL head -------------------------------------------------------------------------
+
+
+def test_paper_parameter_counts_resnet50_deepmil() -> None:
+    d, mid, k = 2048, 128, 2
+    # tanh branch + sigmoid gate (1x1 convs d->128), attention conv 128->K, K Linear(d, 1)
+    expected_head = 2 * (d * mid + mid) + (mid * k + k) + k * (d + 1)
+    assert expected_head == 528_900 == 24_036_932 - 23_508_032
+    model = build_model("resnet50", num_classes=2, head="deepmil")
+    assert isinstance(model.image_head, DeepMIL) and model.image_head.gated
+    assert count_parameters(model.image_head) == 528_900
+    assert count_parameters(model) == 24_036_932
+    pixel = build_model("resnet50", num_classes=2, head="deepmil", pixel_head="linear")
+    assert count_parameters(pixel) == 24_041_030
+    # the ungated head only lacks the gate conv
+    assert count_parameters(DeepMIL(d, k, gated=False)) == 528_900 - (d * mid + mid)
+
+
+def test_deepmil_attention_sums_to_one_over_positions() -> None:
+    head = DeepMIL(16, 3, mid_channels=8)
+    feats = torch.randn(4, 16, 5, 7)
+    att = head.attention(feats)
+    assert att.shape == (4, 3, 5, 7) and (att > 0).all()
+    torch.testing.assert_close(att.sum(dim=(2, 3)), torch.ones(4, 3))
+    logits, att2 = head.forward_with_attention(feats)
+    assert logits.shape == (4, 3)
+    torch.testing.assert_close(att2, att)
+    torch.testing.assert_close(head(feats), logits)
+    # xavier weights, zero biases, as the official initialize_head does for the image head
+    assert all(torch.count_nonzero(m.bias) == 0 for m in head.modules() if hasattr(m, "bias"))
+
+
+def test_deepmil_logits_equal_a_hand_computation() -> None:
+    # d=2, mid=1, K=2, one image with three positions; every weight set by hand
+    head = DeepMIL(2, 2, mid_channels=1, gated=True)
+    with torch.no_grad():
+        head.hidden.weight.copy_(torch.tensor([0.5, -1.0]).view(1, 2, 1, 1))
+        head.hidden.bias.fill_(0.1)
+        head.gate.weight.copy_(torch.tensor([2.0, 0.3]).view(1, 2, 1, 1))
+        head.gate.bias.fill_(-0.2)
+        head.score.weight.copy_(torch.tensor([1.5, -2.0]).view(2, 1, 1, 1))
+        head.score.bias.copy_(torch.tensor([0.0, 0.4]))
+        head.classifiers[0].weight.copy_(torch.tensor([[1.0, 2.0]]))
+        head.classifiers[0].bias.fill_(0.5)
+        head.classifiers[1].weight.copy_(torch.tensor([[-3.0, 0.25]]))
+        head.classifiers[1].bias.fill_(-1.0)
+    positions = [(0.2, 1.0), (-0.7, 0.4), (1.3, -0.5)]
+    feats = torch.tensor(positions).T.reshape(1, 2, 1, 3)
+
+    def sigmoid(v: float) -> float:
+        return 1.0 / (1.0 + math.exp(-v))
+
+    u = [
+        math.tanh(0.5 * f0 - 1.0 * f1 + 0.1) * sigmoid(2.0 * f0 + 0.3 * f1 - 0.2)
+        for f0, f1 in positions
+    ]
+    expected = []
+    for s, t, (w0, w1), b in [(1.5, 0.0, (1.0, 2.0), 0.5), (-2.0, 0.4, (-3.0, 0.25), -1.0)]:
+        scores = [math.exp(s * up + t) for up in u]
+        a = [e / sum(scores) for e in scores]
+        z0 = sum(ap * f0 for ap, (f0, _) in zip(a, positions))
+        z1 = sum(ap * f1 for ap, (_, f1) in zip(a, positions))
+        expected.append(w0 * z0 + w1 * z1 + b)
+    with torch.no_grad():
+        logits = head(feats)
+    torch.testing.assert_close(logits, torch.tensor([expected]), rtol=0, atol=1e-6)
+
+
+def test_build_model_deepmil_ignores_support_background() -> None:
+    model = build_model("resnet18", head="deepmil", support_background=True).eval()
+    assert isinstance(model.image_head, DeepMIL) and not model.image_head.support_background
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = model(x)
+    assert out.logits.shape == (2, 2) and out.features.shape == (2, 512, 4, 4)
+    torch.testing.assert_close(out.logits, model.image_head(out.features))
+    fast = {id(p) for p in model.param_groups(0.1)[1]["params"]}
+    assert {id(p) for p in model.image_head.parameters()} <= fast
+    with pytest.raises(ConfigError, match="wgap, deepmil"):
+        build_model("resnet18", head="mil")
+    with pytest.raises(ConfigError, match="mid_channels"):
+        DeepMIL(8, 2, mid_channels=0)

@@ -8,9 +8,9 @@ from torch import Tensor, nn
 
 from pixelcam.errors import ConfigError
 from pixelcam.models.backbones import create_encoder
-from pixelcam.models.heads import WGAP, PixelHead
+from pixelcam.models.heads import WGAP, DeepMIL, PixelHead
 
-IMAGE_HEADS = ("wgap",)
+IMAGE_HEADS = ("wgap", "deepmil")
 
 
 class ModelOutput(NamedTuple):
@@ -89,14 +89,22 @@ def build_model(
     pixel_head: str | None = None,
     spatial_dropout: float = 0.1,
 ) -> WSOLModel:
-    """The one factory the rest of the kit uses, so configs map to models in one place."""
+    """The one factory the rest of the kit uses, so configs map to models in one place.
+
+    `head="deepmil"` builds the gated DeepMIL head and ignores `support_background` (the
+    official DeepMil has no background logit), so one config default serves every head.
+    """
     if head not in IMAGE_HEADS:
         raise ConfigError(f"image head {head!r} is unknown; use one of {', '.join(IMAGE_HEADS)}.")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes={num_classes!r} must be a positive integer.")
     encoder = create_encoder(backbone, pretrained=pretrained, output_stride=output_stride)
     d = encoder.out_channels
-    image_head = WGAP(d, num_classes, support_background=support_background)
+    image_head: nn.Module
+    if head == "deepmil":
+        image_head = DeepMIL(d, num_classes, mid_channels=128, gated=True)
+    else:
+        image_head = WGAP(d, num_classes, support_background=support_background)
     px = PixelHead(d, kind=pixel_head) if pixel_head is not None else None
     return WSOLModel(encoder, image_head, px, spatial_dropout=spatial_dropout)
 
