@@ -9,7 +9,7 @@ PROFILE ?= quick
 ONLY   ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: install reports test lint clean-outputs
+.PHONY: install reports test lint bench clean-outputs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ reports: install
 
 test: install
 	$(VENV)/bin/pytest -q
+
+bench: install
+	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 lint: install
 	$(VENV)/bin/ruff check pixelcam tests

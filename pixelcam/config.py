@@ -99,7 +99,7 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "method": ("layercam",),
+    "method": ("layercam", "gradcampp", "gradcampp_official", "deepmil", "cam"),
     "pixel_head": ("linear", "multi_layer"),
     "seeder": ("pb", "th"),
     "bg_mode": ("official", "paper"),

@@ -21,7 +21,8 @@ from pixelcam.provenance import provenance
 from pixelcam.runs import Run, dataset
 
 PAPER_DIR = Path(__file__).with_name("paper")
-METHOD_NAMES = {"layercam": "LayerCAM"}
+METHOD_NAMES = {"layercam": "LayerCAM", "gradcampp": "GradCAM++", "gradcampp_official": "GradCAM++",
+                "deepmil": "DeepMIL", "cam": "CAM", "sat": "SAT"}
 # The synthetic default imitates GlaS (glands in both classes), so its tables sit beside GlaS.
 PAPER_DATASET = {"glas": "glas", "camelyon16": "camelyon16", "synthetic": "glas"}
 

@@ -24,7 +24,7 @@ from pixelcam.data.dataset import WSOLDataset
 from pixelcam.data.synthetic import SyntheticSpec, ensure_dataset
 from pixelcam.errors import DataError
 from pixelcam.evaluate import eval_loader, evaluate_split, resolve_device
-from pixelcam.models.cams import compute_maps
+from pixelcam.models.cams import BASELINE_HEAD, compute_maps
 from pixelcam.models.model import WSOLModel, build_model
 from pixelcam.provenance import provenance
 from pixelcam.train import CHECKPOINTS, PhaseSpec, _atomic_json, _atomic_save, fit
@@ -73,7 +73,8 @@ def new_model(cfg: Config, pixel: bool) -> WSOLModel:
         torch.manual_seed(cfg.seed)
         return build_model(
             cfg.backbone, num_classes=cfg.num_classes, pretrained=cfg.pretrained,
-            output_stride=cfg.output_stride, support_background=cfg.support_background,
+            output_stride=cfg.output_stride, head=BASELINE_HEAD[cfg.method],
+            support_background=cfg.support_background,
             pixel_head=cfg.pixel_head if pixel else None, spatial_dropout=cfg.spatial_dropout,
         )
 

@@ -90,3 +90,13 @@ def test_resume_gives_the_same_weights(trained, tmp_path):
     hist_a = json.loads((tmp_path / "a" / "history.json").read_text())
     hist_b = json.loads((tmp_path / "b" / "history.json").read_text())
     assert hist_a == hist_b
+
+
+@pytest.mark.parametrize("method", ["gradcampp", "gradcampp_official", "deepmil", "cam"])
+def test_every_baseline_trains_with_pixelcam(method, tmp_path):
+    cfg = load_config(None, {**TINY, "epochs": 1, "method": method, "cache_dir": str(tmp_path)})
+    runs = get_or_train(cfg, log=lambda s: None)
+    assert runs["baseline"].map_method == method
+    for run in runs.values():
+        test = run.test("b-loc")
+        assert 0.0 <= test["pxap"] <= 100.0 and test["n_images"] == 4
