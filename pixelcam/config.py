@@ -99,7 +99,7 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "method": ("layercam", "gradcampp", "gradcampp_official", "deepmil", "cam"),
+    "method": ("layercam", "gradcampp", "gradcampp_official", "deepmil", "cam", "sat"),
     "pixel_head": ("linear", "multi_layer"),
     "seeder": ("pb", "th"),
     "bg_mode": ("official", "paper"),
@@ -134,6 +134,11 @@ def _check_choices(cfg: Config) -> None:
         raise ConfigError(
             f"resize_size={cfg.resize_size} is smaller than image_size={cfg.image_size}: "
             "the random crop needs resize_size >= image_size"
+        )
+    if cfg.method == "sat" and cfg.image_size != 224:
+        raise ConfigError(
+            f"method sat runs DeiT-Tiny/16 on 224x224 crops: set image_size: 224 "
+            f"(got {cfg.image_size}) and resize_size: 256"
         )
     if not 0.0 < cfg.min_p <= 1.0:
         raise ConfigError(f"min_p={cfg.min_p} must lie in (0, 1]")
@@ -238,11 +243,24 @@ def pixelcam_key(cfg: Config) -> str:
     return _digest({"v": HASH_VERSION, "stage": "pixelcam", **d})
 
 
+def unet_key(cfg: Config) -> str:
+    """The U-Net upper bound depends on data, backbone and optimisation, not on a WSOL method."""
+    skip = RUNTIME_KEYS | PIXELCAM_KEYS | {"method", "spatial_dropout", "support_background"}
+    d = {k: v for k, v in cfg.to_dict().items() if k not in skip}
+    return _digest({"v": HASH_VERSION, "stage": "unet", **d})
+
+
+def negev_key(cfg: Config) -> str:
+    """NEGEV: the baseline it decodes plus the seeding settings."""
+    return _digest({"v": HASH_VERSION, "stage": "negev", "pixelcam": pixelcam_key(cfg)})
+
+
 def params_hash(cfg: Config) -> str:
     return _digest(cfg.to_dict())
 
 
 __all__ = [
     "Config", "load_config", "parse_override", "valid_keys", "baseline_key", "pixelcam_key",
+    "unet_key", "negev_key",
     "params_hash", "CHOICES",
 ]

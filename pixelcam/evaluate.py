@@ -38,7 +38,8 @@ def iter_maps(model: torch.nn.Module, loader: DataLoader, method: str,
         y = batch["label"].to(device, non_blocking=True)
         maps, logits = compute_maps(method, model, x, y, size=tuple(x.shape[-2:]),
                                     return_logits=True)
-        out = {"maps": maps, "logits": logits.detach(), "labels": y, "index": batch["index"]}
+        out = {"maps": maps, "logits": None if logits is None else logits.detach(), "labels": y,
+               "index": batch["index"]}
         if "mask" in batch:
             out["masks"] = batch["mask"].to(device, non_blocking=True)
         yield out
@@ -81,10 +82,15 @@ def evaluate_split(model: torch.nn.Module, loader: DataLoader, method: str,
     total = 0
     per_image: dict[str, list[Any]] = {"index": [], "label": [], "pred": [], "ap": []}
     has_masks = False
+    classifies = True
     for out in iter_maps(model, loader, method, device):
-        pred = out["logits"].argmax(1)
-        correct += int((pred == out["labels"]).sum())
         total += int(out["labels"].numel())
+        if out["logits"] is None:  # U-Net: localisation only
+            classifies = False
+            pred = torch.full_like(out["labels"], -1)
+        else:
+            pred = out["logits"].argmax(1)
+            correct += int((pred == out["labels"]).sum())
         if "masks" in out:
             has_masks = True
             metric.update(out["maps"], out["masks"])
@@ -96,10 +102,16 @@ def evaluate_split(model: torch.nn.Module, loader: DataLoader, method: str,
                 per_image["ap"] += per_image_ap(out["maps"], out["masks"])
     pxap = metric.compute() if has_masks else float("nan")
     rates = metric.rates() if has_masks else {}
+    accuracy = 100.0 * correct / max(total, 1) if classifies else float("nan")
     return SplitResult(
-        accuracy=100.0 * correct / max(total, 1), pxap=pxap, rates=rates, n_images=total,
+        accuracy=accuracy, pxap=pxap, rates=rates, n_images=total,
         per_image=per_image if with_per_image else {}, metric=metric if has_masks else None,
     )
+
+
+def image_logits(output: Any) -> torch.Tensor:
+    """Class logits of a forward pass: ModelOutput.logits, or the second item of NEGEV's pair."""
+    return output.logits if hasattr(output, "logits") else output[1]
 
 
 def accuracy_only(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> float:
@@ -109,7 +121,7 @@ def accuracy_only(model: torch.nn.Module, loader: DataLoader, device: torch.devi
     total = 0
     with torch.no_grad():
         for batch in loader:
-            logits = model(batch["image"].to(device, non_blocking=True)).logits
+            logits = image_logits(model(batch["image"].to(device, non_blocking=True)))
             correct += int((logits.argmax(1).cpu() == batch["label"]).sum())
             total += int(batch["label"].numel())
     return 100.0 * correct / max(total, 1)

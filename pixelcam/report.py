@@ -35,8 +35,12 @@ def paper_table(name: str) -> dict[str, Any]:
 
 
 def method_label(run: Run) -> str:
+    """The row name the paper's tables use for this run."""
+    if run.kind == "unet":
+        return "U-Net"
     base = METHOD_NAMES.get(run.results["config"]["method"], run.results["config"]["method"])
-    return f"{base} + PixelCAM" if run.kind == "pixelcam" else base
+    suffix = {"pixelcam": " + PixelCAM", "negev": " + NEGEV"}.get(run.kind, "")
+    return base + suffix
 
 
 def paper_dataset(cfg: Config) -> str:
@@ -59,7 +63,8 @@ def main_table(runs: list[Run], cfg: Config, checkpoint: str | None = None) -> p
         label = method_label(run)
         ref = paper.get(label, {})
         test = run.test(checkpoint)
-        pxap, cl = round(test["pxap"], 1), round(test["accuracy"], 1)
+        pxap = round(test["pxap"], 1)
+        cl = None if np.isnan(test["accuracy"]) else round(test["accuracy"], 1)
         rows.append({
             "Method": label,
             "PxAP paper": ref.get(f"{ds}_pxap"), "PxAP run": pxap,

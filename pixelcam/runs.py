@@ -19,13 +19,16 @@ from typing import Any
 
 import torch
 
-from pixelcam.config import Config, baseline_key, pixelcam_key
+from pixelcam.config import Config, baseline_key, negev_key, pixelcam_key, unet_key
 from pixelcam.data.dataset import WSOLDataset
 from pixelcam.data.synthetic import SyntheticSpec, ensure_dataset
 from pixelcam.errors import DataError
 from pixelcam.evaluate import eval_loader, evaluate_split, resolve_device
 from pixelcam.models.cams import BASELINE_HEAD, compute_maps
 from pixelcam.models.model import WSOLModel, build_model
+from pixelcam.models.negev import NEGEV
+from pixelcam.models.sat import build_sat
+from pixelcam.models.unet import UNet
 from pixelcam.provenance import provenance
 from pixelcam.train import CHECKPOINTS, PhaseSpec, _atomic_json, _atomic_save, fit
 
@@ -61,22 +64,40 @@ def data_paths(cfg: Config) -> tuple[Path, Path]:
 
 
 def dataset(cfg: Config, split: str, *, train: bool = False,
-            cams: dict[str, torch.Tensor] | None = None) -> WSOLDataset:
+            cams: dict[str, torch.Tensor] | None = None, train_masks: bool = False
+            ) -> WSOLDataset:
     root, fold = data_paths(cfg)
     return WSOLDataset(root, fold, split, train=train, image_size=cfg.image_size,
-                       resize_size=cfg.resize_size, cams=cams, color_jitter=cfg.color_jitter)
+                       resize_size=cfg.resize_size, cams=cams, color_jitter=cfg.color_jitter,
+                       train_masks=train_masks)
 
 
-def new_model(cfg: Config, pixel: bool) -> WSOLModel:
+def new_model(cfg: Config, pixel: bool) -> torch.nn.Module:
     """A freshly initialised model; the init is seeded so the same params give the same weights."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
+        if cfg.method == "sat":  # SAT is its own architecture: DeiT-Tiny with a location token
+            return build_sat(cfg.num_classes, pixel_head=cfg.pixel_head if pixel else None,
+                             pretrained=cfg.pretrained)
         return build_model(
             cfg.backbone, num_classes=cfg.num_classes, pretrained=cfg.pretrained,
             output_stride=cfg.output_stride, head=BASELINE_HEAD[cfg.method],
             support_background=cfg.support_background,
             pixel_head=cfg.pixel_head if pixel else None, spatial_dropout=cfg.spatial_dropout,
         )
+
+
+def model_for(kind: str, cfg: Config) -> torch.nn.Module:
+    """The architecture of a run kind, freshly (and reproducibly) initialised."""
+    if kind in ("baseline", "pixelcam"):
+        return new_model(cfg, pixel=kind == "pixelcam")
+    if kind == "negev":  # the decoder's frozen classifier is the baseline architecture
+        return NEGEV(new_model(cfg, pixel=False), freeze=True)
+    if kind == "unet":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            return UNet(cfg.backbone, pretrained=cfg.pretrained)
+    raise ValueError(f"unknown run kind {kind!r}")
 
 
 @contextmanager
@@ -106,9 +127,9 @@ class Run:
         return self.results["map_method"]
 
     def load_model(self, cfg: Config, checkpoint: str, device: torch.device | None = None
-                   ) -> WSOLModel:
+                   ) -> torch.nn.Module:
         device = device or resolve_device(cfg.device)
-        model = new_model(cfg, pixel=self.kind == "pixelcam")
+        model = model_for(self.kind, cfg)
         state = torch.load(self.dir / "checkpoints" / f"{checkpoint}.pt", map_location=device,
                            weights_only=True)
         model.load_state_dict(state)
@@ -118,14 +139,14 @@ class Run:
         return self.results["test"][checkpoint]
 
 
-def _evaluate_checkpoints(run_dir: Path, cfg: Config, pixel: bool, map_method: str,
+def _evaluate_checkpoints(run_dir: Path, cfg: Config, kind: str, map_method: str,
                           device: torch.device) -> dict[str, Any]:
     """Both checkpoints on test; rates at the test oracle and at the valpx-tuned threshold."""
     valpx = eval_loader(dataset(cfg, "valpx"), cfg.eval_batch_size, cfg.num_workers, device)
     test = eval_loader(dataset(cfg, "test"), cfg.eval_batch_size, cfg.num_workers, device)
     out: dict[str, Any] = {}
     for name in CHECKPOINTS:
-        model = new_model(cfg, pixel).to(device)
+        model = model_for(kind, cfg).to(device)
         model.load_state_dict(torch.load(run_dir / "checkpoints" / f"{name}.pt",
                                          map_location=device, weights_only=True))
         val = evaluate_split(model, valpx, map_method, device, with_per_image=False)
@@ -146,7 +167,7 @@ def _train_run(kind: str, key: str, run_dir: Path, cfg: Config, phase: PhaseSpec
     fitted = fit(model, cfg, phase, train_ds=train_ds, valcl_ds=dataset(cfg, "valcl"),
                  valpx_ds=dataset(cfg, "valpx"), out_dir=run_dir, device=device, log=log)
     t_eval = time.perf_counter()
-    test = _evaluate_checkpoints(run_dir, cfg, phase.pixel, phase.map_method, device)
+    test = _evaluate_checkpoints(run_dir, cfg, kind, phase.map_method, device)
     results = {
         "kind": kind, "key": key, "map_method": phase.map_method, "config": cfg.to_dict(),
         "best_epoch": fitted.best, "history": fitted.history, "test": test,
@@ -224,6 +245,44 @@ def get_pixelcam(cfg: Config, log: Log = print, baseline: Run | None = None) -> 
         extra = {"baseline_key": baseline.key}
         return _train_run("pixelcam", key, run_dir, cfg, phase, model,
                           dataset(cfg, "train", train=True, cams=cams), log, extra)
+
+
+def get_unet(cfg: Config, log: Log = print) -> Run:
+    """The fully supervised U-Net upper bound (Table 1's last row), trained on the train masks."""
+    key = unet_key(cfg)
+    run_dir = Path(cfg.cache_dir) / "runs" / f"unet-{key}"
+    if (run := _load_complete("unet", key, run_dir, log)) is not None:
+        return run
+    with _locked(run_dir):
+        if (run := _load_complete("unet", key, run_dir, log)) is not None:
+            return run
+        log(f"[unet] training the fully supervised upper bound into {run_dir}")
+        phase = PhaseSpec("unet", "unet", cfg.epochs)
+        return _train_run("unet", key, run_dir, cfg, phase, model_for("unet", cfg),
+                          dataset(cfg, "train", train=True, train_masks=True), log)
+
+
+def get_negev(cfg: Config, log: Log = print, baseline: Run | None = None) -> Run:
+    """NEGEV (two-step): a decoder on the frozen baseline, trained on the same seeds as PixelCAM."""
+    key = negev_key(cfg)
+    run_dir = Path(cfg.cache_dir) / "runs" / f"negev-{key}"
+    if (run := _load_complete("negev", key, run_dir, log)) is not None:
+        return run
+    baseline = baseline or get_baseline(cfg, log)
+    with _locked(run_dir):
+        if (run := _load_complete("negev", key, run_dir, log)) is not None:
+            return run
+        cams = store_cams(baseline, cfg, cfg.cam_checkpoint, log)
+        classifier = new_model(cfg, pixel=False)
+        classifier.load_state_dict(torch.load(
+            baseline.dir / "checkpoints" / f"{cfg.init_checkpoint}.pt", map_location="cpu",
+            weights_only=True))
+        log(f"[negev] training a decoder on the frozen {cfg.init_checkpoint} baseline into "
+            f"{run_dir}")
+        phase = PhaseSpec("negev", "negev", cfg.total_pixelcam_epochs)
+        return _train_run("negev", key, run_dir, cfg, phase, NEGEV(classifier, freeze=True),
+                          dataset(cfg, "train", train=True, cams=cams), log,
+                          {"baseline_key": baseline.key})
 
 
 def get_or_train(cfg: Config, log: Log = print) -> dict[str, Run]:

@@ -25,6 +25,9 @@ from pixelcam.config import Config
 from pixelcam.evaluate import accuracy_only, eval_loader, evaluate_split
 from pixelcam.losses import pixelcam_objective
 from pixelcam.models.model import WSOLModel
+from pixelcam.models.negev import denormalize, negev_losses
+from pixelcam.models.sat import sat_losses
+from pixelcam.models.unet import segmentation_loss
 from pixelcam.sampler import sample_seeds_pb, sample_seeds_th
 
 CHECKPOINTS = ("b-loc", "b-cl")
@@ -53,8 +56,11 @@ def train_loader(dataset: Dataset, cfg: Config, device: torch.device, seed: int)
     )
 
 
-def make_optimizer(model: WSOLModel, cfg: Config) -> torch.optim.SGD:
-    groups = model.param_groups(cfg.lr, cfg.head_lr_ratio)
+def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.SGD:
+    if hasattr(model, "param_groups"):
+        groups = model.param_groups(cfg.lr, cfg.head_lr_ratio)
+    else:  # U-Net, NEGEV: one group of whatever is trainable
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                            weight_decay=cfg.weight_decay)
 
@@ -73,13 +79,18 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: Config) -> torch.optim.lr_sc
 class PhaseSpec:
     """What differs between the baseline and the PixelCAM phase."""
 
-    name: str  # "baseline" | "pixelcam": also the key of its objective in OBJECTIVES
+    name: str  # baseline | pixelcam | unet | negev: also the key of its objective in OBJECTIVES
     map_method: str  # map used for B-LOC on valpx
     epochs: int
 
     @property
     def objective(self) -> str:
         return self.name
+
+    @property
+    def classifies(self) -> bool:
+        """U-Net has no image classifier: its B-CL is meaningless and its CL is n/a."""
+        return self.name != "unet"
 
     @property
     def pixel(self) -> bool:
@@ -118,12 +129,17 @@ Parts = dict[str, torch.Tensor]
 
 def baseline_objective(model: WSOLModel, batch: dict[str, torch.Tensor], cfg: Config,
                        gen: torch.Generator, use_amp: bool) -> tuple[torch.Tensor, Parts]:
-    """Image cross-entropy: the WSOL baselines (phase 1)."""
+    """Image cross-entropy: the WSOL baselines (phase 1); SAT adds its area and norm losses."""
     x, y = batch["image"], batch["label"]
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_amp):
         out = model(x)
     loss = F.cross_entropy(out.logits.float(), y)
-    return loss, {"loss_cl": loss.detach()}
+    parts = {"loss_cl": loss.detach()}
+    if cfg.method == "sat":  # dropped in the PixelCAM phase, as in the official code
+        for name, term in sat_losses(model.last_map.float()).items():
+            loss = loss + term
+            parts[name] = term.detach()
+    return loss, parts
 
 
 def pixelcam_objective_step(model: WSOLModel, batch: dict[str, torch.Tensor], cfg: Config,
@@ -142,7 +158,32 @@ def pixelcam_objective_step(model: WSOLModel, batch: dict[str, torch.Tensor], cf
     return pixelcam_objective(out.logits.float(), y, pixel_logits, target, cfg.lam, rows)
 
 
-OBJECTIVES = {"baseline": baseline_objective, "pixelcam": pixelcam_objective_step}
+def unet_objective(model: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: Config,
+                   gen: torch.Generator, use_amp: bool) -> tuple[torch.Tensor, Parts]:
+    """Fully supervised pixel CE on the train masks: the U-Net upper bound of Table 1."""
+    x = batch["image"]
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        logits = model(x)
+    loss = segmentation_loss(logits.float(), batch["mask"])
+    return loss, {"loss_seg": loss.detach()}
+
+
+def negev_objective(model: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: Config,
+                    gen: torch.Generator, use_amp: bool) -> tuple[torch.Tensor, Parts]:
+    """NEGEV's decoder on the frozen classifier: seeds + local CRF + size barrier (+ negatives)."""
+    x, y, cams = batch["image"], batch["label"], batch["cam"]
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        seg_logits, _ = model(x)
+    with torch.no_grad():
+        target = _seeds(cfg, cams, gen)
+    terms = negev_losses(seg_logits.float(), target, denormalize(x), y,
+                         negative_samples=cfg.pixel_loss_rows == "positive")
+    parts = {f"loss_{k}": v.detach() for k, v in terms.items() if k != "total"}
+    return terms["total"], parts
+
+
+OBJECTIVES = {"baseline": baseline_objective, "pixelcam": pixelcam_objective_step,
+              "unet": unet_objective, "negev": negev_objective}
 
 
 def _train_epoch(model: WSOLModel, loader: DataLoader, opt: torch.optim.Optimizer, cfg: Config,
@@ -167,7 +208,7 @@ def _train_epoch(model: WSOLModel, loader: DataLoader, opt: torch.optim.Optimize
 
 def _validate(model: WSOLModel, valcl: DataLoader, valpx: DataLoader, phase: PhaseSpec,
               device: torch.device) -> dict[str, float]:
-    acc = accuracy_only(model, valcl, device)
+    acc = accuracy_only(model, valcl, device) if phase.classifies else float("nan")
     loc = evaluate_split(model, valpx, phase.map_method, device, with_per_image=False)
     return {"valcl_accuracy": acc, "valpx_pxap": loc.pxap}
 
@@ -223,8 +264,9 @@ def fit(model: WSOLModel, cfg: Config, phase: PhaseSpec, *, train_ds: Dataset, v
         row.update(_validate(model, valcl, valpx, phase, device))
         result.history.append(row)
         for name, key in (("b-loc", "valpx_pxap"), ("b-cl", "valcl_accuracy")):
-            if row[key] >= best_score[name]:  # ties go to the latest epoch
-                best_score[name] = row[key]
+            score = row["valpx_pxap"] if not phase.classifies else row[key]
+            if score >= best_score[name]:  # ties go to the latest epoch
+                best_score[name] = score
                 result.best[name] = epoch
                 _atomic_save(model.state_dict(), ckpt_dir / f"{name}.pt")
         losses = " ".join(f"{k} {v:.3f}" for k, v in row.items() if k.startswith("loss_"))

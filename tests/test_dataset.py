@@ -11,7 +11,7 @@ from PIL import Image
 from pixelcam.data.dataset import IMAGENET_MEAN, IMAGENET_STD, WSOLDataset
 from pixelcam.data.folds import Record, write_split
 from pixelcam.data.synthetic import SyntheticSpec, write_dataset
-from pixelcam.errors import DataError
+from pixelcam.errors import ConfigError, DataError
 
 GLAS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glas-sample"
 PREFIX = "Warwick_QU_Dataset_(Released_2016_07_08)"
@@ -152,3 +152,81 @@ def test_undecodable_image(synth, tmp_path):
 def test_missing_cam(synth):
     with pytest.raises(DataError, match="no stored CAM"):
         _ds(synth, "train", train=True, cams={})
+
+
+def test_train_masks_follow_the_image_geometry(synth):
+    # the U-Net reads masks while training: they must get the crop and flips of their image
+    plain = _ds(synth, "train", resize_size=40, image_size=40)
+    cams = {r.image_id: plain[i]["mask"].float() for i, r in enumerate(plain.records)}
+    ds = _ds(synth, "train", train=True, cams=cams, train_masks=True, color_jitter=False)
+    torch.manual_seed(5)
+    for i in range(len(ds)):
+        item = ds[i]
+        assert item["mask"].dtype == torch.uint8 and item["mask"].shape == (32, 32)
+        assert torch.equal(item["mask"].float(), item["cam"])
+
+
+def test_flips_with_a_fixed_seed(synth):
+    # no crop freedom (resize == crop): a train item is one of the 4 flips of the eval image
+    plain = _ds(synth, "train", image_size=32)
+    ds = _ds(synth, "train", train=True, image_size=32, resize_size=32, color_jitter=False)
+    ref = plain[1]["image"]
+    seen = set()
+    for seed in range(16):
+        torch.manual_seed(seed)
+        out = ds[1]["image"]
+        match = [(fh, fv) for fh in (False, True) for fv in (False, True)
+                 if torch.allclose(out, _flip(ref, fh, fv), atol=1e-6)]
+        assert len(match) >= 1
+        seen.add(match[0])
+        torch.manual_seed(seed)
+        assert torch.equal(ds[1]["image"], out)  # the global RNG alone decides the geometry
+    assert seen == {(False, False), (False, True), (True, False), (True, True)}
+
+
+def test_jitter_changes_the_image_only(synth):
+    ones = {r.image_id: torch.ones(6, 6) for r in _ds(synth, "train").records}
+    ds = _ds(synth, "train", train=True, image_size=40, cams=ones)
+    off = _ds(synth, "train", train=True, image_size=40, cams=ones, color_jitter=False)
+    torch.manual_seed(1)
+    a = ds[0]
+    torch.manual_seed(1)
+    b = off[0]
+    assert not torch.allclose(a["image"], b["image"], atol=1e-3)
+    assert torch.equal(a["cam"], b["cam"]) and torch.allclose(a["cam"], torch.ones(40, 40))
+
+
+def test_train_mode_never_needs_masks(synth, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(synth, root)
+    rec = _ds(root, "train").records[0]
+    (root / rec.mask_path).unlink()
+    item = _ds(root, "train", train=True)[0]
+    assert set(item) == {"image", "label", "index"}
+    with pytest.raises(DataError, match="mask .* does not exist"):
+        _ds(root, "train")
+    with pytest.raises(DataError, match="mask .* does not exist"):
+        _ds(root, "train", train=True, train_masks=True)
+
+
+def test_record_without_mask_gives_background(synth, tmp_path):
+    recs = [Record(r.image_id, r.label, r.width, r.height, None) for r in _ds(synth).records]
+    write_split(tmp_path / "fold", "test", recs)
+    ds = WSOLDataset(synth, tmp_path / "fold", "test", train=False, image_size=16,
+                     encoding={"benign": 0, "malignant": 1})
+    assert torch.equal(ds[0]["mask"], torch.zeros(16, 16, dtype=torch.uint8))
+
+
+def test_cam_shapes(synth):
+    recs = _ds(synth, "train").records
+    cams = {r.image_id: torch.rand(1, 7, 9) for r in recs}  # (1, h, w) is accepted
+    assert _ds(synth, "train", train=True, cams=cams)[0]["cam"].shape == (32, 32)
+    assert _ds(synth, "train", cams=cams)[0]["cam"].shape == (32, 32)  # eval: plain resize
+    cams[recs[0].image_id] = torch.rand(2, 7, 9)
+    with pytest.raises(DataError, match=r"shape \(2, 7, 9\)"):
+        _ds(synth, "train", train=True, cams=cams)[0]
+
+
+def test_sizes_must_allow_the_crop(synth):
+    with pytest.raises(ConfigError, match="resize_size"):
+        _ds(synth, image_size=64, resize_size=32)

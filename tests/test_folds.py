@@ -83,3 +83,51 @@ def test_writer_refuses_unwritable_records(tmp_path):
         write_split(tmp_path, "test", [])
     with pytest.raises(DataError, match="commas"):
         write_split(tmp_path, "test", [Record("a,b.png", 0)])
+
+
+def test_optional_files_and_the_camelyon_sizes_alias(tmp_path):
+    fold = _write(tmp_path)
+    split = fold / "test"
+    (split / "image_sizes.txt").rename(split / "images_size.txt")  # CAMELYON fold-6 spelling
+    (split / "localization.txt").unlink()  # e.g. a train split without masks
+    records = read_split(fold, "test")
+    assert [(r.width, r.height, r.mask_path) for r in records] == [(4, 3, None), (4, 3, None)]
+    (split / "images_size.txt").unlink()
+    assert [(r.width, r.height) for r in read_split(fold, "test")] == [(None, None)] * 2
+
+
+def test_encoding_two_levels_up_and_explicit(tmp_path):
+    fold = tmp_path / "DS" / "fold-0"
+    write_split(fold, "train", [Record("a.png", 2, 4, 3, None)])
+    (tmp_path / "encoding.yaml").write_text("{normal: 0, tumor: 2}\n")
+    assert find_encoding(fold) == {"normal": 0, "tumor": 2}
+    assert read_split(fold, "train")[0].label == 2
+    with pytest.raises(DataError, match=r"valid values are \[0, 1\] from the encoding passed"):
+        read_split(fold, "train", encoding={"benign": 0, "malignant": 1})
+
+
+@pytest.mark.parametrize("text", ["[benign, malignant]\n", "{benign: zero}\n", "{a: 0, b: 0}\n"])
+def test_bad_encoding_file(tmp_path, text):
+    fold = _write(tmp_path)
+    (tmp_path / "encoding.yaml").write_text(text)
+    with pytest.raises(DataError, match="encoding.yaml"):
+        read_split(fold, "test")
+
+
+def test_localization_must_match_the_ids(tmp_path):
+    fold = _write(tmp_path)
+    (fold / "test" / "localization.txt").write_text("a.png,a_m.png,\nb.png,,\nb.png,,\n")
+    with pytest.raises(DataError, match=r"localization.txt:3: image id 'b.png' appears twice"):
+        read_split(fold, "test")
+    (fold / "test" / "localization.txt").write_text("a.png,a_m.png\nb.png,,\n")
+    with pytest.raises(DataError, match=r"localization.txt:1: malformed line"):
+        read_split(fold, "test")
+
+
+def test_rewrite_drops_stale_sizes(tmp_path):
+    fold = _write(tmp_path)
+    write_split(fold, "test", [Record("c.png", 1)])  # no sizes known this time
+    assert not (fold / "test" / "image_sizes.txt").exists()
+    assert read_split(fold, "test") == [Record("c.png", 1, None, None, None)]
+    with pytest.raises(DataError, match="sizes for all records or for none"):
+        write_split(fold, "test", [Record("c.png", 1, 4, 3), Record("d.png", 0)])

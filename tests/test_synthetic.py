@@ -5,6 +5,8 @@ import hashlib
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
+from scipy.spatial import ConvexHull
 
 from pixelcam.data.folds import read_split
 from pixelcam.data.synthetic import SyntheticSpec, ensure_dataset, render_image, write_dataset
@@ -87,3 +89,73 @@ def test_ensure_dataset_is_cached_and_atomic(tmp_path):
 def test_bad_spec():
     with pytest.raises(ConfigError, match="n_valcl"):
         SyntheticSpec(n_valcl=2, n_valpx_per_class=3)
+
+
+def test_masks_on_disk_are_binary_and_match_render(data):
+    rec = read_split(data / "folds" / "fold-0", "test")[1]
+    mask = np.asarray(Image.open(data / rec.mask_path))
+    assert mask.dtype == np.uint8 and set(np.unique(mask).tolist()) <= {0, 255}
+    image = np.asarray(Image.open(data / rec.image_id))
+    assert image.shape == (80, 96, 3) and image.dtype == np.uint8
+
+
+def _solidity(mask):
+    # gland area / convex-hull area, averaged over glands: 1 for ellipses, lower for ragged or
+    # fused outlines
+    labels, n = ndimage.label(mask)
+    out = []
+    for k in range(1, n + 1):
+        ys, xs = np.nonzero(labels == k)
+        if len(ys) >= 30:
+            corners = np.concatenate([np.stack([ys + a, xs + b], 1)
+                                      for a in (0, 1) for b in (0, 1)])
+            out.append(len(ys) / ConvexHull(corners).volume)
+    return np.mean(out)
+
+
+def test_malignant_glands_are_more_irregular():
+    spec = SyntheticSpec()
+    solidity = {
+        label: [_solidity(render_image(np.random.default_rng([5, i]), label, spec)[1])
+                for i in range(6)]
+        for label in (0, 1)
+    }
+    assert min(solidity[0]) > 0.95
+    assert np.mean(solidity[1]) < np.mean(solidity[0]) - 0.04
+
+
+def test_digest_is_stable_and_covers_every_field():
+    assert SyntheticSpec().digest() == SyntheticSpec().digest()
+    as_lists = SyntheticSpec(stain_matrix=[list(r) for r in SyntheticSpec().stain_matrix])
+    assert as_lists.digest() == SyntheticSpec().digest()  # YAML lists hash like tuples
+    digests = {SyntheticSpec(**{**SPEC.to_dict(), k: v}).digest()
+               for k, v in [("n_train", 10), ("n_valcl", 8), ("n_test", 6), ("width", 64),
+                            ("height", 48), ("seed", 9), ("n_valpx_per_class", 1),
+                            ("stain_matrix", ((0.6, 0.7, 0.3), (0.1, 0.9, 0.1)))]}
+    assert len(digests | {SPEC.digest()}) == 9
+
+
+def test_crash_leaves_no_complete_looking_dataset(tmp_path, monkeypatch):
+    import pixelcam.data.synthetic as synthetic
+
+    real = synthetic.render_image
+    calls = []
+
+    def flaky(rng, label, spec):
+        calls.append(label)
+        if len(calls) == 5:
+            raise RuntimeError("disk full")
+        return real(rng, label, spec)
+
+    monkeypatch.setattr(synthetic, "render_image", flaky)
+    with pytest.raises(RuntimeError, match="disk full"):
+        ensure_dataset(tmp_path, SPEC)
+    assert list(tmp_path.iterdir()) == []  # neither the target nor a temporary remains
+    monkeypatch.setattr(synthetic, "render_image", real)
+    root = ensure_dataset(tmp_path, SPEC)
+    assert root.name == f"synthetic-{SPEC.digest()}" and (root / "MANIFEST.json").is_file()
+
+
+def test_render_rejects_unknown_label():
+    with pytest.raises(ConfigError, match="label"):
+        render_image(np.random.default_rng(0), 2, SyntheticSpec())

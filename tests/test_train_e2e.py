@@ -1,13 +1,15 @@
 """End to end on a tiny synthetic dataset: baseline -> stored CAMs -> PixelCAM -> test metrics."""
 
 import json
+import math
 
 import pytest
 import torch
 
 from pixelcam.config import load_config
 from pixelcam.evaluate import resolve_device
-from pixelcam.runs import dataset, get_baseline, get_or_train, new_model
+from pixelcam.report import main_table
+from pixelcam.runs import dataset, get_baseline, get_negev, get_or_train, get_unet, new_model
 from pixelcam.train import PhaseSpec, fit
 
 TINY = {
@@ -92,11 +94,32 @@ def test_resume_gives_the_same_weights(trained, tmp_path):
     assert hist_a == hist_b
 
 
-@pytest.mark.parametrize("method", ["gradcampp", "gradcampp_official", "deepmil", "cam"])
+@pytest.mark.parametrize("method", ["gradcampp", "gradcampp_official", "deepmil", "cam", "sat"])
 def test_every_baseline_trains_with_pixelcam(method, tmp_path):
-    cfg = load_config(None, {**TINY, "epochs": 1, "method": method, "cache_dir": str(tmp_path)})
+    size = {"image_size": 224, "resize_size": 256} if method == "sat" else {}
+    cfg = load_config(None, {**TINY, **size, "epochs": 1, "method": method,
+                             "cache_dir": str(tmp_path)})
     runs = get_or_train(cfg, log=lambda s: None)
     assert runs["baseline"].map_method == method
+    if method == "sat":  # the baseline trains with SAT's two extra losses, PixelCAM without
+        assert {"loss_area", "loss_norm"} <= set(runs["baseline"].results["history"][1])
+        assert "loss_area" not in runs["pixelcam"].results["history"][1]
     for run in runs.values():
         test = run.test("b-loc")
         assert 0.0 <= test["pxap"] <= 100.0 and test["n_images"] == 4
+
+
+def test_unet_and_negev_train_and_evaluate(trained):
+    cfg, runs, _ = trained
+    unet = get_unet(cfg, log=lambda s: None)
+    test = unet.test("b-loc")
+    assert 0.0 <= test["pxap"] <= 100.0 and math.isnan(test["accuracy"])  # CL is n/a
+    negev = get_negev(cfg, log=lambda s: None)
+    assert negev.results["baseline_key"] == runs["baseline"].key
+    # the classifier is frozen: NEGEV's accuracy is its baseline's at the init checkpoint
+    assert negev.results["history"][0]["valcl_accuracy"] == negev.results["history"][-1][
+        "valcl_accuracy"]
+    assert 0.0 <= negev.test("b-loc")["pxap"] <= 100.0
+    table = main_table([runs["baseline"], runs["pixelcam"], negev, unet], cfg)
+    assert list(table.index) == ["LayerCAM", "LayerCAM + PixelCAM", "LayerCAM + NEGEV", "U-Net"]
+    assert table.loc["U-Net", "PxAP paper"] == 95.8 and math.isnan(table.loc["U-Net", "CL run"])

@@ -1,82 +1,117 @@
-"""torch Dataset over one split of a fold: the same loader for real and synthetic data.
+"""Torch Dataset over one fold split, with the WSOL protocol's transforms.
 
-Train mode follows the official pipeline (official-code-notes.md 4.3, 3.2): resize to a square,
-random crop, horizontal and vertical flips, colour jitter on the image only; a stored CAM goes
-through the same geometry (same crop offsets, same flips) so seeds land on the right pixels.
-Eval mode resizes to the evaluation size with no augmentation and reads the binary mask.
+Eval (valcl, valpx, test, and CAM storage): resize to (S, S) without keeping the aspect ratio, as
+the protocol does, plus the binary ground-truth mask resized nearest. Train: resize to (R, R),
+random crop S, random flips, colour jitter; a stored low-resolution CAM goes through the *same*
+resize, crop and flips, so pseudo-labels drawn from it stay aligned with the augmented image.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
-from torchvision.transforms import ColorJitter
-from torchvision.transforms import functional as TF
+from PIL import Image
+from torchvision.transforms import v2
 
 from pixelcam.data.folds import Record, read_split
-from pixelcam.errors import DataError
+from pixelcam.errors import ConfigError, DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def check_files(data_root: str | Path, records: list[Record]) -> None:
-    """Every image and mask a fold names must exist: fail before training, not mid-epoch."""
+def check_files(data_root: str | Path, records: list[Record], *, masks: bool = True) -> None:
+    """Fail at construction, not after an epoch: every image (and mask) must exist."""
     root = Path(data_root)
-    for rec in records:
-        for kind, rel in (("image", rec.image_id), ("mask", rec.mask_path)):
-            if rel and not (root / rel).is_file():
-                raise DataError(
-                    f"the fold names {kind} {rel!r} but {root / rel} does not exist: fix the "
-                    f"fold files or point data_root at the folder the ids are relative to"
-                )
-
-
-def _open(path: Path, mode: str) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert(mode)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"cannot decode {path} ({type(exc).__name__}: {exc}): replace the file "
-                        "or drop it from the fold") from None
-
-
-class WSOLDataset(Dataset):
-    """Items are dicts: image, label, index; plus mask (eval) or cam (train, when CAMs given)."""
-
-    def __init__(self, data_root: str | Path, fold_dir: str | Path, split: str, *, train: bool,
-                 image_size: int = 224, resize_size: int = 256,
-                 cams: Mapping[str, torch.Tensor] | None = None, color_jitter: bool = True,
-                 encoding: dict[str, int] | None = None) -> None:
-        self.root = Path(data_root)
-        if not self.root.is_dir():
+    for r in records:
+        if not os.path.isfile(root / r.image_id):
             raise DataError(
-                f"data root {self.root} does not exist: set data_root in the params file to the "
-                "folder that image ids are relative to"
+                f"image {root / r.image_id} (id {r.image_id!r}) does not exist: check data_root "
+                f"({root}) or remove the image from the fold files"
             )
-        self.records = read_split(fold_dir, split, encoding)
-        check_files(self.root, self.records)
+        if masks and r.mask_path and not os.path.isfile(root / r.mask_path):
+            raise DataError(
+                f"mask {root / r.mask_path} of image {r.image_id!r} does not exist: check "
+                f"data_root ({root}) or fix localization.txt"
+            )
+
+
+def _open(path: Path, what: str) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(
+            f"cannot decode {what} {path} ({type(exc).__name__}): replace it with a valid image "
+            f"file or drop it from the fold"
+        ) from None
+    return image
+
+
+def _mask_array(image: Image.Image) -> np.ndarray:
+    """Binary gland mask: GlaS stores instance ids, so any non-zero value is foreground."""
+    arr = np.asarray(image)
+    if arr.ndim == 3:
+        arr = arr[..., :3].any(axis=-1) if image.mode in ("RGB", "RGBA") else arr[..., 0]
+    return arr > 0
+
+
+class WSOLDataset(torch.utils.data.Dataset):
+    """One split of a fold; items are dicts so CAMs and masks travel with their images."""
+
+    def __init__(
+        self,
+        data_root: str | Path,
+        fold_dir: str | Path,
+        split: str,
+        *,
+        train: bool,
+        image_size: int = 224,
+        resize_size: int = 256,
+        cams: Mapping[str, torch.Tensor] | None = None,
+        color_jitter: bool = True,
+        encoding: dict[str, int] | None = None,
+        train_masks: bool = False,
+    ) -> None:
+        self.data_root = Path(data_root)
+        if not self.data_root.is_dir():
+            raise DataError(
+                f"data root {self.data_root} does not exist: set data_root in the params file to "
+                f"the folder that image ids are relative to"
+            )
+        if image_size < 1 or resize_size < image_size:
+            raise ConfigError(
+                f"image_size={image_size}, resize_size={resize_size}: need 1 <= image_size <= "
+                f"resize_size (the train crop is taken from the resized image)"
+            )
+        self.fold_dir = Path(fold_dir)
         self.split = split
         self.train = train
+        self.train_masks = train_masks
         self.image_size = image_size
         self.resize_size = resize_size
+        self.records: list[Record] = read_split(fold_dir, split, encoding)
+        # WSOL training never reads masks, so a train split need not ship them; only the fully
+        # supervised upper bound (U-Net) asks for them with train_masks.
+        check_files(self.data_root, self.records, masks=not train or train_masks)
         self.cams = cams
         if cams is not None:
-            missing = [r.image_id for r in self.records if r.image_id not in cams]
-            if missing:
+            missing = next((r.image_id for r in self.records if r.image_id not in cams), None)
+            if missing is not None:
                 raise DataError(
-                    f"no stored CAM for image {missing[0]!r} ({len(missing)} missing): store the "
-                    "CAMs of this split again (delete the cams-*.pt file of the baseline run)"
+                    f"no stored CAM for image {missing!r} of split {split}: store CAMs for "
+                    f"this split again (they must cover every image)"
                 )
-        self.jitter = ColorJitter(0.5, 0.5, 0.5, 0.05) if color_jitter else None
+        self.jitter = (
+            v2.ColorJitter(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.05)
+            if color_jitter
+            else None
+        )
         self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
@@ -84,60 +119,108 @@ class WSOLDataset(Dataset):
         return len(self.records)
 
     def labels(self) -> torch.Tensor:
+        """(N,) long labels in record order, for class weights and balanced sampling."""
         return torch.tensor([r.label for r in self.records], dtype=torch.long)
 
-    def _normalise(self, image: torch.Tensor) -> torch.Tensor:
-        return (image - self._mean) / self._std
+    # ---------------------------------------------------------------------------------------
 
-    def _read_mask(self, rec: Record, image_size: tuple[int, int]) -> torch.Tensor:
+    def _read_image(self, record: Record) -> Image.Image:
+        path = self.data_root / record.image_id
+        return _open(path, "image").convert("RGB")
+
+    def _to_input(self, image_u8: torch.Tensor) -> torch.Tensor:
+        return (image_u8.float() / 255.0 - self._mean) / self._std
+
+    def _cam(self, record: Record) -> torch.Tensor:
+        assert self.cams is not None
+        if record.image_id not in self.cams:
+            raise DataError(
+                f"no stored CAM for image {record.image_id!r} of split {self.split}: store CAMs "
+                f"for this split again (they must cover every image)"
+            )
+        cam = torch.as_tensor(self.cams[record.image_id]).detach().float().cpu()
+        if cam.ndim == 3 and cam.shape[0] == 1:
+            cam = cam[0]
+        if cam.ndim != 2 or cam.numel() == 0:
+            raise DataError(
+                f"stored CAM of image {record.image_id!r} has shape {tuple(cam.shape)}: "
+                f"expected a 2-D (h, w) map; store CAMs again"
+            )
+        return torch.nan_to_num(cam)
+
+    def _resize_cam(self, cam: torch.Tensor, size: int) -> torch.Tensor:
+        out = F.interpolate(
+            cam[None, None], size=(size, size), mode="bilinear", align_corners=False,
+            antialias=True,
+        )
+        return out[0, 0]
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        image = self._read_image(record)
+        label = torch.tensor(record.label, dtype=torch.long)
+        if self.train:
+            return self._train_item(record, image, label, index)
+        return self._eval_item(record, image, label, index)
+
+    def _eval_item(
+        self, record: Record, image: Image.Image, label: torch.Tensor, index: int
+    ) -> dict:
         s = self.image_size
-        if not rec.mask_path:
-            return torch.zeros(s, s, dtype=torch.uint8)
-        path = self.root / rec.mask_path
-        mask = _open(path, "L")
+        resized = image.resize((s, s), Image.BILINEAR)
+        item = {
+            "image": self._to_input(v2.functional.pil_to_tensor(resized)),
+            "label": label,
+            "mask": self._read_mask(record, image.size, self.image_size),
+            "index": index,
+        }
+        if self.cams is not None:
+            item["cam"] = self._resize_cam(self._cam(record), s)
+        return item
+
+    def _read_mask(self, record: Record, image_size: tuple[int, int], s: int) -> torch.Tensor:
+        """(s, s) uint8 {0, 1}; an image without a mask (e.g. a normal patch) is all background."""
+        if not record.mask_path:
+            return torch.zeros((s, s), dtype=torch.uint8)
+        path = self.data_root / record.mask_path
+        mask = _open(path, "mask")
         if mask.size != image_size:
             raise DataError(
-                f"mask {path} is {mask.size[0]}x{mask.size[1]} but its image "
-                f"{self.root / rec.image_id} is {image_size[0]}x{image_size[1]}: the mask must "
-                "have the image's size"
+                f"mask {path} is {mask.size[0]}x{mask.size[1]} but image "
+                f"{self.data_root / record.image_id} is {image_size[0]}x{image_size[1]}: "
+                f"masks must have their image's size"
             )
-        mask = mask.resize((s, s), Image.NEAREST)
-        return torch.from_numpy((np.asarray(mask) > 0).astype(np.uint8))
+        binary = Image.fromarray(_mask_array(mask).astype(np.uint8))
+        return torch.from_numpy(np.asarray(binary.resize((s, s), Image.NEAREST)).copy())
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        rec = self.records[index]
-        image = _open(self.root / rec.image_id, "RGB")
-        label = torch.tensor(rec.label, dtype=torch.long)
-        if not self.train:
-            mask = self._read_mask(rec, image.size)
-            resized = image.resize((self.image_size, self.image_size), Image.BILINEAR)
-            x = self._normalise(TF.to_tensor(resized))
-            return {"image": x, "label": label, "mask": mask, "index": index}
-        return self._train_item(rec, image, label, index)
-
-    def _train_item(self, rec: Record, image: Image.Image, label: torch.Tensor,
-                    index: int) -> dict[str, Any]:
+    def _train_item(
+        self, record: Record, image: Image.Image, label: torch.Tensor, index: int
+    ) -> dict:
         r, s = self.resize_size, self.image_size
-        x = TF.to_tensor(image.resize((r, r), Image.BILINEAR))
-        cam = None
-        if self.cams is not None:
-            low = self.cams[rec.image_id].float()[None, None]
-            cam = F.interpolate(low, size=(r, r), mode="bilinear", align_corners=False,
-                                antialias=True)[0]
-        # one crop offset and one pair of coin flips for the image and its CAM
-        i = int(torch.randint(0, r - s + 1, (1,)))
-        j = int(torch.randint(0, r - s + 1, (1,)))
-        flips = torch.rand(2) < 0.5
-        stacked = x if cam is None else torch.cat([x, cam])
-        stacked = stacked[:, i:i + s, j:j + s]
-        if flips[0]:
-            stacked = stacked.flip(-1)
-        if flips[1]:
-            stacked = stacked.flip(-2)
-        x = stacked[:3]
-        if self.jitter is not None:
-            x = self.jitter(x)
-        item = {"image": self._normalise(x), "label": label, "index": index}
+        img = v2.functional.pil_to_tensor(image.resize((r, r), Image.BILINEAR))
+        cam = self._resize_cam(self._cam(record), r) if self.cams is not None else None
+        mask = self._read_mask(record, image.size, r) if self.train_masks else None
+        # One draw of the geometry, applied to image and CAM alike (torch's global RNG, so
+        # DataLoader worker seeding makes it reproducible).
+        top = int(torch.randint(0, r - s + 1, (1,)).item())
+        left = int(torch.randint(0, r - s + 1, (1,)).item())
+        hflip = bool(torch.rand(1).item() < 0.5)
+        vflip = bool(torch.rand(1).item() < 0.5)
+        img = img[:, top : top + s, left : left + s]
         if cam is not None:
-            item["cam"] = stacked[3].contiguous()
+            cam = cam[top : top + s, left : left + s]
+        if mask is not None:
+            mask = mask[top : top + s, left : left + s]
+        dims = [d for d, flip in ((-1, hflip), (-2, vflip)) if flip]
+        if dims:
+            img = img.flip(dims)
+            cam = cam.flip(dims) if cam is not None else None
+            mask = mask.flip(dims) if mask is not None else None
+        if self.jitter is not None:
+            img = self.jitter(img)
+        item = {"image": self._to_input(img.contiguous()), "label": label, "index": index}
+        if cam is not None:
+            item["cam"] = cam.contiguous()
+        if mask is not None:
+            item["mask"] = mask.contiguous()
         return item

