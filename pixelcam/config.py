@@ -47,6 +47,9 @@ class Config:
     spatial_dropout: float = 0.1
     support_background: bool = True
     method: str = "layercam"  # the WSOL baseline whose CAMs seed PixelCAM
+    # official: weights sum(G^2 ReLU(G)) (the alpha division of the official code is a no-op;
+    # what produced the paper's numbers) | paper: alpha = G^2 / (2G^2 + sum A G^3)
+    gradcampp_variant: str = "official"
 
     # --- optimisation (both phases) -------------------------------------------------------
     epochs: int = 1000
@@ -83,9 +86,25 @@ class Config:
     num_workers: int = 0
     cache_dir: str = ".cache/pixelcam"
     figure_images: int = 4  # images per class in map grids
+    # which rows a table trains and shows (comma-separated baselines; NEGEV; the U-Net bound)
+    table_methods: str = "layercam"
+    table_negev: bool = False
+    table_unet: bool = False
 
     def __post_init__(self) -> None:
         _check_choices(self)
+
+    @property
+    def map_method(self) -> str:
+        """The name of the baseline's map function (pixelcam.models.cams.MAPS)."""
+        if self.method == "gradcampp" and self.gradcampp_variant == "official":
+            return "gradcampp_official"
+        return self.method
+
+    @property
+    def methods(self) -> list[str]:
+        """The baselines of a table, in the paper's row order."""
+        return [m.strip() for m in self.table_methods.split(",") if m.strip()]
 
     @property
     def total_pixelcam_epochs(self) -> int:
@@ -99,7 +118,8 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "method": ("layercam", "gradcampp", "gradcampp_official", "deepmil", "cam", "sat"),
+    "method": ("layercam", "gradcampp", "deepmil", "cam", "sat"),
+    "gradcampp_variant": ("official", "paper"),
     "pixel_head": ("linear", "multi_layer"),
     "seeder": ("pb", "th"),
     "bg_mode": ("official", "paper"),
@@ -111,7 +131,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 # Keys that never change a trained model or its numbers: left out of the run hashes.
 RUNTIME_KEYS = frozenset(
-    {"select", "eval_batch_size", "device", "num_workers", "cache_dir", "figure_images"}
+    {"select", "eval_batch_size", "device", "num_workers", "cache_dir", "figure_images",
+     "table_methods", "table_negev", "table_unet"}
 )
 # Keys that only the PixelCAM phase reads: a baseline is shared by every value of these.
 PIXELCAM_KEYS = frozenset(
@@ -135,6 +156,12 @@ def _check_choices(cfg: Config) -> None:
             f"resize_size={cfg.resize_size} is smaller than image_size={cfg.image_size}: "
             "the random crop needs resize_size >= image_size"
         )
+    for name in cfg.methods:
+        if name not in CHOICES["method"]:
+            raise ConfigError(
+                f"table_methods names {name!r}: use a comma-separated list of "
+                f"{', '.join(CHOICES['method'])}"
+            )
     if cfg.method == "sat" and cfg.image_size != 224:
         raise ConfigError(
             f"method sat runs DeiT-Tiny/16 on 224x224 crops: set image_size: 224 "

@@ -21,8 +21,8 @@ from pixelcam.provenance import provenance
 from pixelcam.runs import Run, dataset
 
 PAPER_DIR = Path(__file__).with_name("paper")
-METHOD_NAMES = {"layercam": "LayerCAM", "gradcampp": "GradCAM++", "gradcampp_official": "GradCAM++",
-                "deepmil": "DeepMIL", "cam": "CAM", "sat": "SAT"}
+METHOD_NAMES = {"layercam": "LayerCAM", "gradcampp": "GradCAM++", "deepmil": "DeepMIL",
+                "cam": "CAM", "sat": "SAT"}
 # The synthetic default imitates GlaS (glands in both classes), so its tables sit beside GlaS.
 PAPER_DATASET = {"glas": "glas", "camelyon16": "camelyon16", "synthetic": "glas"}
 
@@ -105,22 +105,26 @@ def pick_images(labels: list[int], per_class: int) -> list[int]:
 
 def map_grid(runs: list[Run], cfg: Config, checkpoint: str | None = None,
              per_class: int | None = None, split: str = "test") -> plt.Figure:
-    """Figure-2-style grid: image, ground truth, then each run's map on the same test images."""
+    """Figure-2-style grid: image, ground truth, then each run's map on the same test images.
+
+    Each run sees the images at its own input size (SAT: 224); maps are shown at cfg's size.
+    """
     checkpoint = checkpoint or cfg.select
     per_class = per_class or cfg.figure_images
     device = resolve_device(cfg.device)
     ds = dataset(cfg, split)
     idx = pick_images([r.label for r in ds.records], per_class)
     items = [ds[i] for i in idx]
-    x = torch.stack([it["image"] for it in items]).to(device)
-    y = torch.stack([torch.as_tensor(it["label"]) for it in items]).to(device)
-    columns = [("Image", None), ("Ground truth", None)]
+    size = (cfg.image_size, cfg.image_size)
+    y = torch.tensor([int(it["label"]) for it in items], device=device)
     maps = []
     for run in runs:
-        model = run.load_model(cfg, checkpoint, device)
-        maps.append(compute_maps(run.map_method, model, x, y, size=tuple(x.shape[-2:])).cpu())
-        columns.append((method_label(run), run))
-    fig, axes = plt.subplots(len(idx), len(columns), figsize=(2.2 * len(columns), 2.2 * len(idx)),
+        run_ds = dataset(run.config, split)
+        x = torch.stack([run_ds[i]["image"] for i in idx]).to(device)
+        model = run.load_model(checkpoint, device)
+        maps.append(compute_maps(run.map_method, model, x, y, size=size).cpu())
+    titles = ["Image", "Ground truth"] + [method_label(run) for run in runs]
+    fig, axes = plt.subplots(len(idx), len(titles), figsize=(2.1 * len(titles), 2.1 * len(idx)),
                              squeeze=False)
     names = {0: "benign", 1: "malignant"} if paper_dataset(cfg) == "glas" else {0: "normal",
                                                                               1: "tumour"}
@@ -140,7 +144,7 @@ def map_grid(runs: list[Run], cfg: Config, checkpoint: str | None = None,
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(columns[c][0], fontsize=9)
+                ax.set_title(titles[c], fontsize=8)
     fig.tight_layout()
     return fig
 

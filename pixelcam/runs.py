@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from pixelcam.config import Config, baseline_key, negev_key, pixelcam_key, unet_key
+from pixelcam.config import Config, baseline_key, load_config, negev_key, pixelcam_key, unet_key
 from pixelcam.data.dataset import WSOLDataset
 from pixelcam.data.synthetic import SyntheticSpec, ensure_dataset
 from pixelcam.errors import DataError
@@ -126,8 +126,13 @@ class Run:
     def map_method(self) -> str:
         return self.results["map_method"]
 
-    def load_model(self, cfg: Config, checkpoint: str, device: torch.device | None = None
-                   ) -> torch.nn.Module:
+    @property
+    def config(self) -> Config:
+        """The params this run was trained with."""
+        return load_config(None, self.results["config"])
+
+    def load_model(self, checkpoint: str, device: torch.device | None = None) -> torch.nn.Module:
+        cfg = self.config
         device = device or resolve_device(cfg.device)
         model = model_for(self.kind, cfg)
         state = torch.load(self.dir / "checkpoints" / f"{checkpoint}.pt", map_location=device,
@@ -197,7 +202,7 @@ def get_baseline(cfg: Config, log: Log = print) -> Run:
         if (run := _load_complete("baseline", key, run_dir, log)) is not None:
             return run
         log(f"[baseline] training {cfg.method} on {cfg.backbone} into {run_dir}")
-        phase = PhaseSpec("baseline", cfg.method, cfg.epochs)
+        phase = PhaseSpec("baseline", cfg.map_method, cfg.epochs)
         return _train_run("baseline", key, run_dir, cfg, phase, new_model(cfg, pixel=False),
                           dataset(cfg, "train", train=True), log)
 
@@ -209,7 +214,7 @@ def store_cams(baseline: Run, cfg: Config, checkpoint: str, log: Log = print
     if path.exists():
         return torch.load(path, weights_only=True)
     device = resolve_device(cfg.device)
-    model = baseline.load_model(cfg, checkpoint, device)
+    model = baseline.load_model(checkpoint, device)
     ds = dataset(cfg, "train", train=False)
     cams: dict[str, torch.Tensor] = {}
     for batch in eval_loader(ds, cfg.eval_batch_size, cfg.num_workers, device):
@@ -290,3 +295,27 @@ def get_or_train(cfg: Config, log: Log = print) -> dict[str, Run]:
     baseline = get_baseline(cfg, log)
     return {"baseline": baseline, "pixelcam": get_pixelcam(cfg, log, baseline)}
 
+
+
+def config_for_method(cfg: Config, method: str) -> Config:
+    """The same experiment with another baseline; SAT needs DeiT-Tiny's 224x224 crops."""
+    changes: dict[str, Any] = {"method": method}
+    if method == "sat" and cfg.image_size != 224:
+        changes.update(image_size=224, resize_size=256)
+    return cfg.replace(**changes)
+
+
+def table_runs(cfg: Config, log: Log = print) -> list[tuple[Config, Run]]:
+    """Every run a main table shows, in the paper's row order: per baseline, the baseline, its
+    NEGEV decoder (if asked) and its PixelCAM model; then the U-Net upper bound (if asked)."""
+    rows: list[tuple[Config, Run]] = []
+    for method in cfg.methods:
+        mcfg = config_for_method(cfg, method)
+        runs = get_or_train(mcfg, log)
+        rows.append((mcfg, runs["baseline"]))
+        if cfg.table_negev and method != "sat":  # the paper has no SAT + NEGEV row
+            rows.append((mcfg, get_negev(mcfg, log, runs["baseline"])))
+        rows.append((mcfg, runs["pixelcam"]))
+    if cfg.table_unet:
+        rows.append((cfg, get_unet(cfg, log)))
+    return rows

@@ -80,3 +80,24 @@ def test_parse_override():
     assert parse_override("backbone=resnet18") == ("backbone", "resnet18")
     with pytest.raises(ConfigError):
         parse_override("epochs")
+
+
+def test_table_methods_and_map_names():
+    cfg = load_config(None, {"table_methods": "deepmil, gradcampp,layercam", "method": "gradcampp"})
+    assert cfg.methods == ["deepmil", "gradcampp", "layercam"]
+    assert cfg.map_method == "gradcampp_official"  # what produced the paper's numbers
+    assert cfg.replace(gradcampp_variant="paper").map_method == "gradcampp"
+    assert baseline_key(cfg) == baseline_key(cfg.replace(table_methods="sat", table_unet=True))
+    with pytest.raises(ConfigError, match="table_methods"):
+        load_config(None, {"table_methods": "layercam,gradcam"})
+    with pytest.raises(ConfigError, match="image_size: 224"):
+        load_config(None, {"method": "sat", "image_size": 128, "resize_size": 144})
+
+
+def test_config_for_method_gives_sat_its_input_size():
+    from pixelcam.runs import config_for_method
+
+    cfg = load_config(None, {"image_size": 128, "resize_size": 144})
+    assert (config_for_method(cfg, "sat").image_size, config_for_method(cfg, "sat").resize_size) \
+        == (224, 256)
+    assert config_for_method(cfg, "deepmil").image_size == 128

@@ -94,13 +94,15 @@ def test_resume_gives_the_same_weights(trained, tmp_path):
     assert hist_a == hist_b
 
 
-@pytest.mark.parametrize("method", ["gradcampp", "gradcampp_official", "deepmil", "cam", "sat"])
-def test_every_baseline_trains_with_pixelcam(method, tmp_path):
+@pytest.mark.parametrize("method,variant,map_name", [
+    ("gradcampp", "official", "gradcampp_official"), ("gradcampp", "paper", "gradcampp"),
+    ("deepmil", "official", "deepmil"), ("cam", "official", "cam"), ("sat", "official", "sat")])
+def test_every_baseline_trains_with_pixelcam(method, variant, map_name, tmp_path):
     size = {"image_size": 224, "resize_size": 256} if method == "sat" else {}
     cfg = load_config(None, {**TINY, **size, "epochs": 1, "method": method,
-                             "cache_dir": str(tmp_path)})
+                             "gradcampp_variant": variant, "cache_dir": str(tmp_path)})
     runs = get_or_train(cfg, log=lambda s: None)
-    assert runs["baseline"].map_method == method
+    assert runs["baseline"].map_method == map_name
     if method == "sat":  # the baseline trains with SAT's two extra losses, PixelCAM without
         assert {"loss_area", "loss_norm"} <= set(runs["baseline"].results["history"][1])
         assert "loss_area" not in runs["pixelcam"].results["history"][1]
