@@ -53,43 +53,43 @@ def _delta(run_value: float | None, paper_value: float | None) -> float | None:
     return round(run_value - paper_value, 1)
 
 
-def main_table(runs: list[Run], cfg: Config, checkpoint: str | None = None) -> pd.DataFrame:
-    """Table 1 rows for these runs: PxAP and CL, paper | this run | difference."""
-    checkpoint = checkpoint or cfg.select
-    paper = paper_table("table1")["rows"]
-    ds = paper_dataset(cfg)
-    rows = []
+def _rows(runs: list[Run], cfg: Config, table: str, checkpoint: str | None
+          ) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(row label, the paper's row for cfg's dataset, this run's test results) per run."""
+    paper = paper_table(table)["rows"]
+    prefix = f"{paper_dataset(cfg)}_"
+    out = []
     for run in runs:
         label = method_label(run)
-        ref = paper.get(label, {})
-        test = run.test(checkpoint)
+        ref = {k[len(prefix):]: v for k, v in paper.get(label, {}).items() if k.startswith(prefix)}
+        out.append((label, ref, run.test(checkpoint or cfg.select)))
+    return out
+
+
+def main_table(runs: list[Run], cfg: Config, checkpoint: str | None = None) -> pd.DataFrame:
+    """Table 1 rows for these runs: PxAP and CL, paper | this run | difference."""
+    rows = []
+    for label, ref, test in _rows(runs, cfg, "table1", checkpoint):
         pxap = round(test["pxap"], 1)
         cl = None if np.isnan(test["accuracy"]) else round(test["accuracy"], 1)
         rows.append({
             "Method": label,
-            "PxAP paper": ref.get(f"{ds}_pxap"), "PxAP run": pxap,
-            "PxAP diff": _delta(pxap, ref.get(f"{ds}_pxap")),
-            "CL paper": ref.get(f"{ds}_cl"), "CL run": cl,
-            "CL diff": _delta(cl, ref.get(f"{ds}_cl")),
+            "PxAP paper": ref.get("pxap"), "PxAP run": pxap,
+            "PxAP diff": _delta(pxap, ref.get("pxap")),
+            "CL paper": ref.get("cl"), "CL run": cl, "CL diff": _delta(cl, ref.get("cl")),
         })
     return pd.DataFrame(rows).set_index("Method")
 
 
 def rates_table(runs: list[Run], cfg: Config, checkpoint: str | None = None) -> pd.DataFrame:
     """Table 6 rows: TP*/FN*/TN*/FP* at the test-oracle threshold (as the paper) and at valpx's."""
-    checkpoint = checkpoint or cfg.select
-    paper = paper_table("table6")["rows"]
-    ds = paper_dataset(cfg)
     rows = []
-    for run in runs:
-        label = method_label(run)
-        ref = paper.get(label, {})
-        test = run.test(checkpoint)
+    for label, ref, test in _rows(runs, cfg, "table6", checkpoint):
         for source, rates in (("paper", None), ("run, test-oracle threshold", test["rates"]),
                               ("run, valpx threshold", test["rates_valpx_threshold"])):
             row: dict[str, Any] = {"Method": label, "Source": source}
             for short in ("TP", "FN", "TN", "FP"):
-                value = ref.get(f"{ds}_{short.lower()}") if rates is None else rates[f"{short}*"]
+                value = ref.get(short.lower()) if rates is None else rates[f"{short}*"]
                 row[f"{short}*"] = None if value is None else round(float(value), 1)
             rows.append(row)
     return pd.DataFrame(rows).set_index(["Method", "Source"])

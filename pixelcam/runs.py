@@ -192,19 +192,33 @@ def _load_complete(kind: str, key: str, run_dir: Path, log: Log) -> Run | None:
     return Run(kind, key, run_dir, json.loads(path.read_text()), reused=True)
 
 
+def _cached(kind: str, key: str, cfg: Config, log: Log, train: Callable[[Path], Run]) -> Run:
+    """Reuse the finished run `<kind>-<key>`, else train it under a lock (checked twice)."""
+    run_dir = Path(cfg.cache_dir) / "runs" / f"{kind}-{key}"
+    if (run := _load_complete(kind, key, run_dir, log)) is not None:
+        return run
+    with _locked(run_dir):
+        if (run := _load_complete(kind, key, run_dir, log)) is not None:
+            return run
+        return train(run_dir)
+
+
+def _weights(run: Run, checkpoint: str) -> dict[str, torch.Tensor]:
+    return torch.load(run.dir / "checkpoints" / f"{checkpoint}.pt", map_location="cpu",
+                      weights_only=True)
+
+
 def get_baseline(cfg: Config, log: Log = print) -> Run:
     """The trained WSOL baseline for this config (trained now if no finished run exists)."""
     key = baseline_key(cfg)
-    run_dir = Path(cfg.cache_dir) / "runs" / f"baseline-{key}"
-    if (run := _load_complete("baseline", key, run_dir, log)) is not None:
-        return run
-    with _locked(run_dir):
-        if (run := _load_complete("baseline", key, run_dir, log)) is not None:
-            return run
+
+    def train(run_dir: Path) -> Run:
         log(f"[baseline] training {cfg.method} on {cfg.backbone} into {run_dir}")
         phase = PhaseSpec("baseline", cfg.map_method, cfg.epochs)
         return _train_run("baseline", key, run_dir, cfg, phase, new_model(cfg, pixel=False),
                           dataset(cfg, "train", train=True), log)
+
+    return _cached("baseline", key, cfg, log, train)
 
 
 def store_cams(baseline: Run, cfg: Config, checkpoint: str, log: Log = print
@@ -230,64 +244,55 @@ def store_cams(baseline: Run, cfg: Config, checkpoint: str, log: Log = print
 def get_pixelcam(cfg: Config, log: Log = print, baseline: Run | None = None) -> Run:
     """PixelCAM on top of the config's baseline: its CAMs seed it, its weights initialise it."""
     key = pixelcam_key(cfg)
-    run_dir = Path(cfg.cache_dir) / "runs" / f"pixelcam-{key}"
-    if (run := _load_complete("pixelcam", key, run_dir, log)) is not None:
-        return run
-    baseline = baseline or get_baseline(cfg, log)
-    with _locked(run_dir):
-        if (run := _load_complete("pixelcam", key, run_dir, log)) is not None:
-            return run
-        cams = store_cams(baseline, cfg, cfg.cam_checkpoint, log)
+
+    def train(run_dir: Path) -> Run:
+        base = baseline or get_baseline(cfg, log)
+        cams = store_cams(base, cfg, cfg.cam_checkpoint, log)
         model = new_model(cfg, pixel=True)
-        init = torch.load(baseline.dir / "checkpoints" / f"{cfg.init_checkpoint}.pt",
-                          map_location="cpu", weights_only=True)
-        missing, unexpected = model.load_state_dict(init, strict=False)
+        missing, unexpected = model.load_state_dict(_weights(base, cfg.init_checkpoint),
+                                                    strict=False)
         if unexpected or any(not k.startswith("pixel_head.") for k in missing):
             raise RuntimeError(f"baseline checkpoint does not match: {missing} {unexpected}")
         log(f"[pixelcam] training on {cfg.cam_checkpoint} CAMs from {cfg.init_checkpoint} weights"
             f" into {run_dir}")
         phase = PhaseSpec("pixelcam", "pixelcam", cfg.total_pixelcam_epochs)
-        extra = {"baseline_key": baseline.key}
         return _train_run("pixelcam", key, run_dir, cfg, phase, model,
-                          dataset(cfg, "train", train=True, cams=cams), log, extra)
+                          dataset(cfg, "train", train=True, cams=cams), log,
+                          {"baseline_key": base.key})
+
+    return _cached("pixelcam", key, cfg, log, train)
 
 
 def get_unet(cfg: Config, log: Log = print) -> Run:
     """The fully supervised U-Net upper bound (Table 1's last row), trained on the train masks."""
     key = unet_key(cfg)
-    run_dir = Path(cfg.cache_dir) / "runs" / f"unet-{key}"
-    if (run := _load_complete("unet", key, run_dir, log)) is not None:
-        return run
-    with _locked(run_dir):
-        if (run := _load_complete("unet", key, run_dir, log)) is not None:
-            return run
+
+    def train(run_dir: Path) -> Run:
         log(f"[unet] training the fully supervised upper bound into {run_dir}")
         phase = PhaseSpec("unet", "unet", cfg.epochs)
         return _train_run("unet", key, run_dir, cfg, phase, model_for("unet", cfg),
                           dataset(cfg, "train", train=True, train_masks=True), log)
 
+    return _cached("unet", key, cfg, log, train)
+
 
 def get_negev(cfg: Config, log: Log = print, baseline: Run | None = None) -> Run:
     """NEGEV (two-step): a decoder on the frozen baseline, trained on the same seeds as PixelCAM."""
     key = negev_key(cfg)
-    run_dir = Path(cfg.cache_dir) / "runs" / f"negev-{key}"
-    if (run := _load_complete("negev", key, run_dir, log)) is not None:
-        return run
-    baseline = baseline or get_baseline(cfg, log)
-    with _locked(run_dir):
-        if (run := _load_complete("negev", key, run_dir, log)) is not None:
-            return run
-        cams = store_cams(baseline, cfg, cfg.cam_checkpoint, log)
+
+    def train(run_dir: Path) -> Run:
+        base = baseline or get_baseline(cfg, log)
+        cams = store_cams(base, cfg, cfg.cam_checkpoint, log)
         classifier = new_model(cfg, pixel=False)
-        classifier.load_state_dict(torch.load(
-            baseline.dir / "checkpoints" / f"{cfg.init_checkpoint}.pt", map_location="cpu",
-            weights_only=True))
+        classifier.load_state_dict(_weights(base, cfg.init_checkpoint))
         log(f"[negev] training a decoder on the frozen {cfg.init_checkpoint} baseline into "
             f"{run_dir}")
         phase = PhaseSpec("negev", "negev", cfg.total_pixelcam_epochs)
         return _train_run("negev", key, run_dir, cfg, phase, NEGEV(classifier, freeze=True),
                           dataset(cfg, "train", train=True, cams=cams), log,
-                          {"baseline_key": baseline.key})
+                          {"baseline_key": base.key})
+
+    return _cached("negev", key, cfg, log, train)
 
 
 def get_or_train(cfg: Config, log: Log = print) -> dict[str, Run]:

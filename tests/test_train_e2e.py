@@ -125,3 +125,14 @@ def test_unet_and_negev_train_and_evaluate(trained):
     table = main_table([runs["baseline"], runs["pixelcam"], negev, unet], cfg)
     assert list(table.index) == ["LayerCAM", "LayerCAM + PixelCAM", "LayerCAM + NEGEV", "U-Net"]
     assert table.loc["U-Net", "PxAP paper"] == 95.8 and math.isnan(table.loc["U-Net", "CL run"])
+
+
+@pytest.mark.parametrize("backbone,pretrained,size", [
+    ("vgg16", "false", 48), ("inception_v3", "false", 64), ("efficientnet_lite0", "package", 48)])
+def test_other_backbones_train(backbone, pretrained, size, tmp_path):
+    cfg = load_config(None, {**TINY, "epochs": 1, "backbone": backbone, "pretrained": pretrained,
+                             "image_size": size, "resize_size": size + 8,
+                             "cache_dir": str(tmp_path)})
+    runs = get_or_train(cfg, log=lambda s: None)
+    for run in runs.values():
+        assert 0.0 <= run.test("b-loc")["pxap"] <= 100.0
