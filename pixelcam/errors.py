@@ -15,3 +15,7 @@ class DataError(PixelCamError):
 
 class ModelError(PixelCamError):
     """A backbone name or weight file cannot be used."""
+
+
+class OutputError(PixelCamError):
+    """A result cannot be written (disk full, read-only or missing folder); nothing half-written."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ import pandas as pd
 import torch
 import yaml
 
+from pixelcam.atomic import write_json
 from pixelcam.config import Config
 from pixelcam.evaluate import resolve_device, to_image
 from pixelcam.models.cams import compute_maps
@@ -164,9 +163,7 @@ def write_results(output_dir: str | Path, cfg: Config, started: float, *,
                                  ended=time.time()),
     }
     path = out / "results.json"
-    tmp = path.with_name(".results.json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float))
-    os.replace(tmp, path)
+    write_json(path, payload)
     return path
 
 

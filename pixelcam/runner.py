@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from pixelcam.atomic import ensure_writable, write_text
 from pixelcam.config import load_config
 from pixelcam.errors import ConfigError
 
@@ -41,12 +41,6 @@ def discover(notebooks_dir: Path, only: list[str] | None = None) -> list[Path]:
     return found
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def render_html(executed: Path, target: Path) -> None:
     """Shareable HTML: code hidden, figures embedded as images, outputs kept."""
     import nbformat
@@ -55,7 +49,7 @@ def render_html(executed: Path, target: Path) -> None:
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
                             exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
-    _atomic_write(target, body)
+    write_text(target, body)
 
 
 def _error_line(exc: BaseException) -> tuple[str, str]:
@@ -151,7 +145,7 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding
 </table></body></html>
 """
     path = out_dir / "index.html"
-    _atomic_write(path, page)
+    write_text(path, page)
     return path
 
 
@@ -163,8 +157,7 @@ def run_reports(profile: str, root: Path, only: list[str] | None = None,
     if not notebooks:
         log(f"no notebook matches {only} in {root / 'notebooks'}")
         return 2
-    out_dir = (outputs or root / "outputs") / profile
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = ensure_writable((outputs or root / "outputs") / profile)
     results = []
     for nb in notebooks:
         params_file = root / "params" / profile / f"{nb.stem}.yaml"

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from pixelcam.atomic import save_torch, write_json
 from pixelcam.config import Config, baseline_key, load_config, negev_key, pixelcam_key, unet_key
 from pixelcam.data.dataset import WSOLDataset
 from pixelcam.data.synthetic import SyntheticSpec, ensure_dataset
@@ -30,7 +31,7 @@ from pixelcam.models.negev import NEGEV
 from pixelcam.models.sat import build_sat
 from pixelcam.models.unet import UNet
 from pixelcam.provenance import provenance
-from pixelcam.train import CHECKPOINTS, PhaseSpec, _atomic_json, _atomic_save, fit
+from pixelcam.train import CHECKPOINTS, PhaseSpec, fit
 
 Log = Callable[[str], None]
 
@@ -180,7 +181,7 @@ def _train_run(kind: str, key: str, run_dir: Path, cfg: Config, phase: PhaseSpec
         "resumed_from": fitted.resumed_from, **(extra or {}),
         "provenance": provenance(cfg, device, started=started),
     }
-    _atomic_json(results, run_dir / "results.json")  # written last: marks the run complete
+    write_json(run_dir / "results.json", results)  # written last: marks the run complete
     return Run(kind, key, run_dir, results, reused=False)
 
 
@@ -236,7 +237,7 @@ def store_cams(baseline: Run, cfg: Config, checkpoint: str, log: Log = print
         maps = compute_maps(baseline.map_method, model, x, batch["label"].to(device))
         for i, m in zip(batch["index"].tolist(), maps.cpu()):
             cams[ds.records[i].image_id] = m.float().contiguous()
-    _atomic_save(cams, path)
+    save_torch(cams, path)
     log(f"[cams] stored {len(cams)} train CAMs ({checkpoint}) in {path}")
     return cams
 

@@ -7,8 +7,6 @@ the latest epoch. Each epoch ends with an atomic checkpoint of everything needed
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import time
 from collections.abc import Callable
@@ -21,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from pixelcam.atomic import save_torch, write_json
 from pixelcam.config import Config
 from pixelcam.evaluate import accuracy_only, eval_loader, evaluate_split
 from pixelcam.losses import pixelcam_objective
@@ -103,18 +102,6 @@ class FitResult:
     best: dict[str, int] = field(default_factory=dict)  # checkpoint name -> epoch
     seconds: float = 0.0
     resumed_from: int | None = None
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    os.replace(tmp, path)
 
 
 def _seeds(cfg: Config, cams: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -223,6 +210,8 @@ def fit(model: WSOLModel, cfg: Config, phase: PhaseSpec, *, train_ds: Dataset, v
     state_path = out_dir / "state.pt"
 
     seed_everything(cfg.seed)
+    if device.type == "cpu":  # CPU runs are bitwise repeatable; warn (not fail) on a missing kernel
+        torch.use_deterministic_algorithms(True, warn_only=True)
     model.to(device)
     if device.type == "cuda" and "resnet" in cfg.backbone:
         model.to(memory_format=torch.channels_last)
@@ -268,11 +257,11 @@ def fit(model: WSOLModel, cfg: Config, phase: PhaseSpec, *, train_ds: Dataset, v
             if score >= best_score[name]:  # ties go to the latest epoch
                 best_score[name] = score
                 result.best[name] = epoch
-                _atomic_save(model.state_dict(), ckpt_dir / f"{name}.pt")
+                save_torch(model.state_dict(), ckpt_dir / f"{name}.pt")
         losses = " ".join(f"{k} {v:.3f}" for k, v in row.items() if k.startswith("loss_"))
         log(f"[{phase.name}] epoch {epoch:3d}/{phase.epochs} {losses} "
             f"valcl acc {row['valcl_accuracy']:.1f} valpx PxAP {row['valpx_pxap']:.1f}")
-        _atomic_save({
+        save_torch({
             "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(), "history": result.history, "best": result.best,
             "best_score": best_score, "sampler_rng": gen.get_state(),
@@ -280,5 +269,5 @@ def fit(model: WSOLModel, cfg: Config, phase: PhaseSpec, *, train_ds: Dataset, v
             "python_rng": random.getstate(), "numpy_rng": np.random.get_state(),
         }, state_path)
     result.seconds = time.perf_counter() - t0
-    _atomic_json({"history": result.history, "best": result.best}, out_dir / "history.json")
+    write_json(out_dir / "history.json", {"history": result.history, "best": result.best})
     return result

@@ -66,3 +66,11 @@ def test_failures_do_not_stop_the_batch(project):
 def test_all_good_exits_zero(project):
     assert run_reports("quick", project, only=["01"], log=lambda s: None) == 0
     assert run_reports("quick", project, only=["99"], log=lambda s: None) == 2
+
+
+def test_a_dead_kernel_is_reported_as_such(project):
+    _notebook(project / "notebooks" / "04_dies.ipynb", "import os\nos._exit(1)")
+    (project / "params" / "quick" / "04_dies.yaml").write_text("epochs: 2\n")
+    assert run_reports("quick", project, only=["04"], log=lambda s: None) == 1
+    index = (project / "outputs" / "quick" / "index.html").read_text()
+    assert "kernel died" in index

@@ -14,13 +14,13 @@ its grandparent.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from pixelcam.atomic import write_text
 from pixelcam.errors import DataError
 
 SPLITS = ("train", "valcl", "valpx", "test")
@@ -260,17 +260,6 @@ def read_split(
     ]
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    # A reader never sees a half-written file: write aside, then rename over the target.
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _check_field(value: str, what: str, image_id: str) -> None:
     if "," in value or "\n" in value or "\r" in value or value != value.strip():
         raise DataError(
@@ -304,12 +293,12 @@ def write_split(fold_dir: str | Path, split: str, records: Sequence[Record]) -> 
         )
 
     split_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(split_dir / IMAGE_IDS, "".join(f"{r.image_id}\n" for r in records))
-    _atomic_write(
+    write_text(split_dir / IMAGE_IDS, "".join(f"{r.image_id}\n" for r in records))
+    write_text(
         split_dir / CLASS_LABELS, "".join(f"{r.image_id},{int(r.label)}\n" for r in records)
     )
     if all(has_size):
-        _atomic_write(
+        write_text(
             split_dir / IMAGE_SIZES,
             "".join(f"{r.image_id},{r.width},{r.height}\n" for r in records),
         )
@@ -317,7 +306,7 @@ def write_split(fold_dir: str | Path, split: str, records: Sequence[Record]) -> 
     for stale in ([IMAGE_SIZES_ALT] if all(has_size) else [IMAGE_SIZES, IMAGE_SIZES_ALT]):
         if (split_dir / stale).exists():
             (split_dir / stale).unlink()
-    _atomic_write(
+    write_text(
         split_dir / LOCALIZATION,
         "".join(f"{r.image_id},{r.mask_path or ''},\n" for r in records),
     )
