@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pixelcam.errors import OutputError
+from pixelcam.errors import DataError, OutputError
 
 
 @contextmanager
@@ -57,3 +57,19 @@ def ensure_writable(folder: str | Path) -> Path:
             f"cannot write to {folder}: {exc.strerror or exc}; choose a writable output folder"
         ) from None
     return folder
+
+
+def read_back(path: str | Path, *, weights_only: bool = True, map_location: Any = "cpu") -> Any:
+    """Load a file the kit wrote (.pt or .json); a damaged one is a DataError naming the fix."""
+    path = Path(path)
+    try:
+        if path.suffix == ".json":
+            return json.loads(path.read_text(encoding="utf-8"))
+        import torch
+
+        return torch.load(path, map_location=map_location, weights_only=weights_only)
+    except Exception as exc:  # noqa: BLE001 - any decoding failure means the same: damaged file
+        raise DataError(
+            f"cannot read {path} ({type(exc).__name__}): the file is damaged; delete it and "
+            "rerun, it will be made again"
+        ) from None

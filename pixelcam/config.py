@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -142,19 +143,63 @@ PIXELCAM_KEYS = frozenset(
 HASH_VERSION = 1  # bump when training code changes what a config produces
 
 
+# (low, high, low inclusive, high inclusive) for every bounded number; None = unbounded
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "epochs": (1, None, True, True), "batch_size": (1, None, True, True),
+    "eval_batch_size": (1, None, True, True), "image_size": (16, None, True, True),
+    "resize_size": (16, None, True, True), "num_classes": (2, None, True, True),
+    "n_fg": (0, None, True, True), "n_bg": (0, None, True, True),
+    "pixelcam_epochs": (0, None, True, True), "seed": (0, None, True, True),
+    "num_workers": (0, None, True, True), "figure_images": (1, None, True, True),
+    "step_size": (1, None, True, True), "lr": (0.0, None, False, True),
+    "head_lr_ratio": (0.0, None, False, True), "momentum": (0.0, 1.0, True, False),
+    "weight_decay": (0.0, None, True, True), "gamma": (0.0, 1.0, False, True),
+    "lr_floor": (0.0, None, True, True), "spatial_dropout": (0.0, 1.0, True, False),
+    "min_p": (0.0, 1.0, False, True), "lam": (0.0, None, True, True),
+    "synthetic_n_train": (2, None, True, True), "synthetic_n_valcl": (2, None, True, True),
+    "synthetic_n_test": (2, None, True, True),
+    "synthetic_n_valpx_per_class": (1, None, True, True),
+    "synthetic_width": (32, None, True, True), "synthetic_height": (32, None, True, True),
+    "synthetic_seed": (0, None, True, True),
+}
+
+
+def _check_range(cfg: Config, key: str) -> None:
+    low, high, low_in, high_in = RANGES[key]
+    value = getattr(cfg, key)
+    ok = math.isfinite(value)  # NaN and infinities are never valid
+    if low is not None:
+        ok = ok and (value >= low if low_in else value > low)
+    if high is not None:
+        ok = ok and (value <= high if high_in else value < high)
+    if not ok:
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        raise ConfigError(
+            f"{key}={value} is out of range: use a value in {'[' if low_in else '('}{lo}, "
+            f"{hi}{']' if high_in else ')'}"
+        )
+
+
 def _check_choices(cfg: Config) -> None:
     for key, valid in CHOICES.items():
         value = getattr(cfg, key)
         if value not in valid:
             raise ConfigError(f"{key}={value!r} is not valid: use one of {', '.join(valid)}")
-    for key in ("epochs", "batch_size", "image_size", "resize_size", "n_fg", "n_bg",
-                "eval_batch_size", "num_classes"):
-        if getattr(cfg, key) <= 0:
-            raise ConfigError(f"{key}={getattr(cfg, key)} must be a positive integer")
+    for key in RANGES:
+        _check_range(cfg, key)
+    if cfg.output_stride not in (8, 16, 32):
+        raise ConfigError(f"output_stride={cfg.output_stride} is not valid: use 8, 16 or 32")
     if cfg.resize_size < cfg.image_size:
         raise ConfigError(
             f"resize_size={cfg.resize_size} is smaller than image_size={cfg.image_size}: "
             "the random crop needs resize_size >= image_size"
+        )
+    if cfg.synthetic_n_valcl < 2 * cfg.synthetic_n_valpx_per_class:
+        raise ConfigError(
+            f"synthetic_n_valcl={cfg.synthetic_n_valcl} cannot hold "
+            f"synthetic_n_valpx_per_class={cfg.synthetic_n_valpx_per_class} images per class: "
+            f"use synthetic_n_valcl >= {2 * cfg.synthetic_n_valpx_per_class}"
         )
     for name in cfg.methods:
         if name not in CHOICES["method"]:
@@ -167,8 +212,6 @@ def _check_choices(cfg: Config) -> None:
             f"method sat runs DeiT-Tiny/16 on 224x224 crops: set image_size: 224 "
             f"(got {cfg.image_size}) and resize_size: 256"
         )
-    if not 0.0 < cfg.min_p <= 1.0:
-        raise ConfigError(f"min_p={cfg.min_p} must lie in (0, 1]")
 
 
 def _field_types() -> dict[str, type]:
@@ -225,7 +268,10 @@ def load_config(path: str | Path | None = None,
             raise ConfigError(
                 f"params file {path} does not exist: give a path under params/<profile>/")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"params file {path} is not UTF-8 text: save it as UTF-8 "
+                              "YAML") from None
         except yaml.YAMLError as exc:
             first = str(exc).splitlines()[0]
             raise ConfigError(f"params file {path} is not valid YAML: {first}") from None

@@ -9,7 +9,6 @@ the same run twice.
 from __future__ import annotations
 
 import fcntl
-import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,7 +18,7 @@ from typing import Any
 
 import torch
 
-from pixelcam.atomic import save_torch, write_json
+from pixelcam.atomic import read_back, save_torch, write_json
 from pixelcam.config import Config, baseline_key, load_config, negev_key, pixelcam_key, unet_key
 from pixelcam.data.dataset import WSOLDataset
 from pixelcam.data.synthetic import SyntheticSpec, ensure_dataset
@@ -113,6 +112,10 @@ def _locked(directory: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _weights(run_dir: Path, checkpoint: str) -> dict[str, torch.Tensor]:
+    return read_back(run_dir / "checkpoints" / f"{checkpoint}.pt")
+
+
 @dataclass
 class Run:
     """A finished run: where it lives and what it measured."""
@@ -136,9 +139,7 @@ class Run:
         cfg = self.config
         device = device or resolve_device(cfg.device)
         model = model_for(self.kind, cfg)
-        state = torch.load(self.dir / "checkpoints" / f"{checkpoint}.pt", map_location=device,
-                           weights_only=True)
-        model.load_state_dict(state)
+        model.load_state_dict(_weights(self.dir, checkpoint))
         return model.to(device).eval()
 
     def test(self, checkpoint: str) -> dict[str, Any]:
@@ -152,9 +153,9 @@ def _evaluate_checkpoints(run_dir: Path, cfg: Config, kind: str, map_method: str
     test = eval_loader(dataset(cfg, "test"), cfg.eval_batch_size, cfg.num_workers, device)
     out: dict[str, Any] = {}
     for name in CHECKPOINTS:
-        model = model_for(kind, cfg).to(device)
-        model.load_state_dict(torch.load(run_dir / "checkpoints" / f"{name}.pt",
-                                         map_location=device, weights_only=True))
+        model = model_for(kind, cfg)
+        model.load_state_dict(_weights(run_dir, name))
+        model.to(device)
         val = evaluate_split(model, valpx, map_method, device, with_per_image=False)
         res = evaluate_split(model, test, map_method, device)
         entry = res.to_dict()
@@ -190,7 +191,7 @@ def _load_complete(kind: str, key: str, run_dir: Path, log: Log) -> Run | None:
     if not path.exists():
         return None
     log(f"[{kind}] reusing finished run {run_dir}")
-    return Run(kind, key, run_dir, json.loads(path.read_text()), reused=True)
+    return Run(kind, key, run_dir, read_back(path), reused=True)
 
 
 def _cached(kind: str, key: str, cfg: Config, log: Log, train: Callable[[Path], Run]) -> Run:
@@ -202,11 +203,6 @@ def _cached(kind: str, key: str, cfg: Config, log: Log, train: Callable[[Path], 
         if (run := _load_complete(kind, key, run_dir, log)) is not None:
             return run
         return train(run_dir)
-
-
-def _weights(run: Run, checkpoint: str) -> dict[str, torch.Tensor]:
-    return torch.load(run.dir / "checkpoints" / f"{checkpoint}.pt", map_location="cpu",
-                      weights_only=True)
 
 
 def get_baseline(cfg: Config, log: Log = print) -> Run:
@@ -227,7 +223,7 @@ def store_cams(baseline: Run, cfg: Config, checkpoint: str, log: Log = print
     """True-class CAMs of the train split at feature resolution, from non-augmented images."""
     path = baseline.dir / f"cams-{checkpoint}.pt"
     if path.exists():
-        return torch.load(path, weights_only=True)
+        return read_back(path)
     device = resolve_device(cfg.device)
     model = baseline.load_model(checkpoint, device)
     ds = dataset(cfg, "train", train=False)
@@ -250,7 +246,7 @@ def get_pixelcam(cfg: Config, log: Log = print, baseline: Run | None = None) -> 
         base = baseline or get_baseline(cfg, log)
         cams = store_cams(base, cfg, cfg.cam_checkpoint, log)
         model = new_model(cfg, pixel=True)
-        missing, unexpected = model.load_state_dict(_weights(base, cfg.init_checkpoint),
+        missing, unexpected = model.load_state_dict(_weights(base.dir, cfg.init_checkpoint),
                                                     strict=False)
         if unexpected or any(not k.startswith("pixel_head.") for k in missing):
             raise RuntimeError(f"baseline checkpoint does not match: {missing} {unexpected}")
@@ -285,7 +281,7 @@ def get_negev(cfg: Config, log: Log = print, baseline: Run | None = None) -> Run
         base = baseline or get_baseline(cfg, log)
         cams = store_cams(base, cfg, cfg.cam_checkpoint, log)
         classifier = new_model(cfg, pixel=False)
-        classifier.load_state_dict(_weights(base, cfg.init_checkpoint))
+        classifier.load_state_dict(_weights(base.dir, cfg.init_checkpoint))
         log(f"[negev] training a decoder on the frozen {cfg.init_checkpoint} baseline into "
             f"{run_dir}")
         phase = PhaseSpec("negev", "negev", cfg.total_pixelcam_epochs)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from pixelcam.atomic import save_torch, write_json
+from pixelcam.atomic import read_back, save_torch, write_json
 from pixelcam.config import Config
 from pixelcam.evaluate import accuracy_only, eval_loader, evaluate_split
 from pixelcam.losses import pixelcam_objective
@@ -227,7 +227,7 @@ def fit(model: WSOLModel, cfg: Config, phase: PhaseSpec, *, train_ds: Dataset, v
     best_score = {"b-loc": -1.0, "b-cl": -1.0}
     start_epoch = 0
     if state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=False)
+        state = read_back(state_path, weights_only=False, map_location=device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])

@@ -88,3 +88,21 @@ def test_concurrent_processes_train_once(tmp_path):
     assert (trained, reused) == (1, 1), outs
     assert len(list((cache / "runs").glob("baseline-*"))) == 1
     assert os.path.exists(next((cache / "runs").glob("baseline-*")) / "results.json")
+
+
+def test_damaged_cache_files_name_themselves(tmp_path):
+    import pytest
+
+    from pixelcam.config import load_config
+    from pixelcam.errors import DataError
+    from pixelcam.runs import get_or_train, store_cams
+
+    cfg = load_config(None, {**TINY, "epochs": 1, "cache_dir": str(tmp_path)})
+    runs = get_or_train(cfg, log=lambda s: None)
+    cams = runs["baseline"].dir / "cams-b-loc.pt"
+    cams.write_bytes(cams.read_bytes()[:100])
+    with pytest.raises(DataError, match=r"cams-b-loc.pt .*delete it and rerun"):
+        store_cams(runs["baseline"], cfg, "b-loc")
+    (runs["pixelcam"].dir / "results.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"results.json .*damaged"):
+        get_or_train(cfg, log=lambda s: None)
