@@ -18,7 +18,8 @@ def cmd_reports(args: argparse.Namespace) -> int:
     from pixelcam.runner import run_reports
 
     return run_reports(args.profile, Path(args.root).resolve(), only=args.only,
-                       overrides=_overrides(args.param), cell_timeout=args.cell_timeout)
+                       overrides=_overrides(args.param), cell_timeout=args.cell_timeout,
+                       outputs=Path(args.outputs).resolve() if args.outputs else None)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -29,6 +30,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     runs = get_or_train(cfg)
     print(main_table([runs["baseline"], runs["pixelcam"]], cfg).to_string())
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from pixelcam.verify import verify
+
+    problems, checked = verify(args.folder)
+    for line in problems:
+        print(line)
+    print(f"{checked} numbers checked, {len(problems)} differ")
+    return 1 if problems else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                      help="override a params key in every notebook (repeatable)")
     rep.add_argument("--root", default=".", help="project folder holding notebooks/ and params/")
+    rep.add_argument("--outputs", help="folder for the reports (default: <root>/outputs)")
     rep.add_argument("--cell-timeout", type=int, default=3600, help="seconds per notebook cell")
     rep.set_defaults(func=cmd_reports)
 
@@ -49,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--params", required=True, help="a params YAML file")
     tr.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
     tr.set_defaults(func=cmd_train)
+    ver = sub.add_parser("verify", help="recompute a profile's tables from the stored runs")
+    ver.add_argument("folder", help="a profile's report folder, e.g. outputs/quick")
+    ver.set_defaults(func=cmd_verify)
     return parser
 
 

@@ -321,3 +321,10 @@ def table_runs(cfg: Config, log: Log = print) -> list[tuple[Config, Run]]:
     if cfg.table_unet:
         rows.append((cfg, get_unet(cfg, log)))
     return rows
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """A finished run from its directory (for re-checking reports against stored results)."""
+    run_dir = Path(run_dir)
+    results = read_back(run_dir / "results.json")
+    return Run(results["kind"], results["key"], run_dir, results, reused=True)

@@ -136,3 +136,24 @@ def test_other_backbones_train(backbone, pretrained, size, tmp_path):
     runs = get_or_train(cfg, log=lambda s: None)
     for run in runs.values():
         assert 0.0 <= run.test("b-loc")["pxap"] <= 100.0
+
+
+def test_verify_finds_a_tampered_number(trained, tmp_path):
+    import time
+
+    from pixelcam.report import rates_table, write_results
+    from pixelcam.verify import verify
+
+    cfg, runs, _ = trained
+    order = [runs["baseline"], runs["pixelcam"]]
+    metrics = {"table1": main_table(order, cfg).reset_index().to_dict(orient="records"),
+               "table6": rates_table(order, cfg).reset_index().to_dict(orient="records")}
+    path = write_results(tmp_path / "01_x", cfg, time.time(), metrics=metrics, headline={},
+                         runs={"a": order[0], "b": order[1]})
+    problems, checked = verify(tmp_path)
+    assert problems == [] and checked == 2 * 7 + 6 * 6
+    payload = json.loads(path.read_text())
+    payload["metrics"]["table1"][1]["PxAP run"] += 0.1
+    path.write_text(json.dumps(payload))
+    problems, _ = verify(tmp_path)
+    assert len(problems) == 1 and "LayerCAM + PixelCAM" in problems[0] and "PxAP run" in problems[0]
