@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -42,6 +43,64 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from pixelcam.data.glas import format_counts
+
+    if args.dataset == "glas":
+        from pixelcam.data.glas import prepare_glas
+
+        manifest = prepare_glas(args.src, args.out, seed=args.seed, folds=args.folds,
+                                link=not args.copy, overwrite=args.overwrite)
+    else:
+        from pixelcam.data.camelyon import prepare_camelyon16
+
+        manifest = prepare_camelyon16(
+            args.src, args.out, folds=args.folds, workers=args.workers, seed=args.seed,
+            patch_size=args.patch_size, min_tissue=args.min_tissue, min_tumor=args.min_tumor,
+            valcl_fraction=args.valcl_fraction, valpx_per_class=args.valpx_per_class,
+            max_per_class=args.max_per_class, overwrite=args.overwrite)
+    out = Path(args.out).expanduser().resolve()
+    print(format_counts(manifest, manifest["encoding"]))
+    first = next(iter(manifest["counts"]))
+    print(f"prepared {out}: use data_root: {out}"
+          + ("" if first == "fold-0" else f" and fold_dir: {out / 'folds' / first}"))
+    return 0
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="prepare real datasets in the protocol's fold format")
+    actions = data.add_subparsers(dest="action", required=True)
+    prep = actions.add_parser("prepare", help="turn a raw download into a data root")
+    kinds = prep.add_subparsers(dest="dataset", required=True)
+
+    glas = kinds.add_parser("glas", help="GlaS: the official download -> the protocol split")
+    camelyon = kinds.add_parser(
+        "camelyon16", help="CAMELYON16: WSIs + XML annotations -> 512x512 patches and masks")
+    for p in (glas, camelyon):
+        p.add_argument("--src", required=True, help="the unpacked download")
+        p.add_argument("--out", required=True, help="the data root to create")
+        p.add_argument("--folds", default=None,
+                       help="a published fold directory (or a folder of fold-k) to use as is")
+        p.add_argument("--seed", type=int, default=0, help="seed of the split draw")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+        p.set_defaults(func=cmd_data_prepare)
+    glas.add_argument("--copy", action="store_true",
+                      help="copy the images instead of hard-linking them")
+    camelyon.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                          help="processes, one slide each at a time")
+    camelyon.add_argument("--patch-size", type=int, default=512)
+    camelyon.add_argument("--min-tissue", type=float, default=0.1,
+                          help="from scratch: tissue fraction a patch needs")
+    camelyon.add_argument("--min-tumor", type=float, default=0.2,
+                          help="from scratch: metastatic fraction a tumour patch needs")
+    camelyon.add_argument("--valcl-fraction", type=float, default=0.2,
+                          help="from scratch: share of the train slides' patches in valcl")
+    camelyon.add_argument("--valpx-per-class", type=int, default=5,
+                          help="from scratch: valcl patches per class with masks (paper: 6)")
+    camelyon.add_argument("--max-per-class", type=int, default=None,
+                          help="from scratch: cap the patches per class and pool")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pixelcam", description="PixelCAM (MIDL 2025) reproduction kit.")
@@ -64,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     ver = sub.add_parser("verify", help="recompute a profile's tables from the stored runs")
     ver.add_argument("folder", help="a profile's report folder, e.g. outputs/quick")
     ver.set_defaults(func=cmd_verify)
+
+    _add_data(sub)
     return parser
 
 
