@@ -27,6 +27,7 @@ test: install
 
 bench: install
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+	@echo "== summary"; $(PY) benchmarks/summary.py
 
 lint: install
 	$(VENV)/bin/ruff check pixelcam tests

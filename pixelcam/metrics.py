@@ -18,6 +18,9 @@ from torch import Tensor
 
 __all__ = ["PxAP", "accuracy", "paired_ttest", "pxap_edges", "separability_j"]
 
+# Pixels per pass of PxAP.update on the CPU: 2 MiB of float32, small enough to stay in cache.
+_CPU_CHUNK = 1 << 19
+
 
 def pxap_edges(num_thresholds: int = 1000) -> np.ndarray:
     """Bin edges identical to wsolevaluation's, so histograms match ``np.histogram`` bit for bit.
@@ -49,12 +52,45 @@ def _count(index: Tensor, size: int) -> Tensor:
     """Histogram of integer ``index`` values in ``[0, size)`` as int64, without a host sync.
 
     ``torch.bincount`` on CUDA reads ``index.max()`` back to the host; a scatter-add into a
-    fixed-size tensor does not. On the CPU bincount is the faster of the two.
+    fixed-size tensor does not. On the CPU bincount is the faster of the two (and int32 indices
+    halve its memory traffic).
     """
     if index.device.type == "cpu":
         return torch.bincount(index, minlength=size)
     out = torch.zeros(size, dtype=torch.int64, device=index.device)
-    return out.index_add_(0, index, torch.ones_like(index))
+    ones = torch.ones(index.shape, dtype=torch.int64, device=index.device)
+    return out.index_add_(0, index, ones)
+
+
+def _float32_product_is_exact(edges: np.ndarray, num_thresholds: int) -> bool:
+    """True when ``floor(float64(v) * n)`` is the exact bin of every float32 v in [0, 1].
+
+    ``float64(v) * n`` is exact (24 + 30 bits), so it differs from the bin only if a float32
+    lies between an edge ``k * (1/n)`` (rounded in float64) and k/n. Checking the smallest
+    float32 at or above each edge and its predecessor covers every value, by monotonicity.
+    It holds for most n (1000 included); for the others the corrected path runs.
+    """
+    n = num_thresholds
+    if n >= 1 << 29:
+        return False
+    up = _edges_at_or_above(edges, torch.float32).numpy()[: n + 1]
+    first = up.astype(np.float64)
+    before = np.nextafter(up[1:], np.float32(-1)).astype(np.float64)
+    k = np.arange(n + 1)
+    return bool((np.floor(first * n) == k).all() and (np.floor(before * n) == k[1:] - 1).all())
+
+
+def _estimate_never_low(edges_up: Tensor, num_thresholds: int) -> bool:
+    """True when ``floor(v * n)`` (in the table's dtype) is never below the exact bin of v.
+
+    The smallest value of bin k is ``edges_up[k]``; rounding and floor are monotone, so if its
+    estimate is >= k, every value of bin k estimates >= k. Then one downward correction is
+    exact. It holds for every practical n (the edges are within an ulp of k/n); very large n
+    falls back to a correction on both sides.
+    """
+    k = torch.arange(num_thresholds + 1, device=edges_up.device)
+    est = (edges_up[: num_thresholds + 1] * num_thresholds).floor().long()
+    return bool((est >= k).all())
 
 
 class PxAP:
@@ -70,7 +106,8 @@ class PxAP:
         self.num_bins = self.num_thresholds + 2
         self.hist_pos = torch.zeros(self.num_bins, dtype=torch.int64)
         self.hist_neg = torch.zeros(self.num_bins, dtype=torch.int64)
-        self._edge_cache: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+        self._edge_cache: dict[tuple[torch.dtype, torch.device], tuple[Tensor, bool]] = {}
+        self._f32_exact = _float32_product_is_exact(self.edges, self.num_thresholds)
 
     # -- state -------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -88,25 +125,40 @@ class PxAP:
         self.hist_pos += other.hist_pos.to(self.hist_pos.device)
         self.hist_neg += other.hist_neg.to(self.hist_neg.device)
 
-    def _edges_for(self, dtype: torch.dtype, device: torch.device) -> Tensor:
+    def _edges_for(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, bool]:
         key = (dtype, device)
         if key not in self._edge_cache:
-            self._edge_cache[key] = _edges_at_or_above(self.edges, dtype).to(device)
+            up = _edges_at_or_above(self.edges, dtype)
+            self._edge_cache[key] = (up.to(device), _estimate_never_low(up, self.num_thresholds))
         return self._edge_cache[key]
 
     def bin_index(self, values: Tensor) -> Tensor:
-        """Bin of each value in ``[0, 1]``, equal to ``np.histogram``'s on :attr:`edges`.
+        """Bin (int64) of each value in ``[0, 1]``, equal to ``np.histogram``'s on :attr:`edges`.
 
-        ``floor(v * n)`` is off by at most one near an edge because of rounding, so one
-        comparison against the exact edge on each side fixes it.
+        Values must already lie in [0, 1] (:meth:`update` checks that).
         """
+        return self._bin_index(values).long()
+
+    def _bin_index(self, values: Tensor) -> Tensor:
+        """:meth:`bin_index` as int32, which halves the memory traffic of the counting pass.
+
+        float32 and narrower maps: one exact float64 product and a truncation, when that is
+        exact for this n (checked once; true for n = 1000). Measured on one CPU thread this is
+        ~3x faster than a float32 product corrected against an edge table, which is what
+        float64 maps (and the rare n where the product is not exact) use: rounding can push
+        ``floor(v * n)`` one bin too high near an edge, and one comparison with the exact
+        edge fixes it.
+        """
+        n = self.num_thresholds
+        if values.dtype != torch.float64 and self._f32_exact:
+            return values.to(torch.float64).mul_(n).to(torch.int32)
         if values.dtype != torch.float64:
             values = values.float()
-        n = self.num_thresholds
-        edges = self._edges_for(values.dtype, values.device)
-        idx = (values * n).floor().long().clamp_(0, n)
-        idx = idx - (values < edges[idx]).long()
-        idx = idx + (values >= edges[idx + 1]).long()
+        edges, never_low = self._edges_for(values.dtype, values.device)
+        idx = (values * n).to(torch.int32)
+        idx.sub_((values < edges.index_select(0, idx)).to(torch.int32))
+        if not never_low:
+            idx.add_((values >= edges.index_select(0, idx + 1)).to(torch.int32))
         return idx
 
     def update(self, maps: Tensor, masks: Tensor, ignore: Tensor | None = None) -> None:
@@ -127,29 +179,46 @@ class PxAP:
             )
         if not torch.is_floating_point(maps):
             raise ValueError(f"PxAP.update: maps must be floating point, got {maps.dtype}")
-        values = maps.detach().reshape(-1)
-        # One scalar read-back per batch: scores outside [0,1] (or NaN) would be silently
-        # counted in the wrong bin, which wsolevaluation also refuses.
-        if bool((~((values >= 0) & (values <= 1))).any()):
-            raise ValueError(
-                "PxAP.update: maps must lie in [0, 1] without NaN; normalise them (min-max or "
-                "softmax) and apply nan_to_num before evaluation"
-            )
+        values = maps.detach().reshape(-1)  # half precision is widened chunk by chunk
         device = values.device
         if self.hist_pos.device != device:
             self.hist_pos = self.hist_pos.to(device)
             self.hist_neg = self.hist_neg.to(device)
+        if values.numel() == 0:
+            return
+        # One scalar read-back per batch: scores outside [0,1] (or NaN) would be silently
+        # counted in the wrong bin, which wsolevaluation also refuses. aminmax is one pass and
+        # propagates NaN, so the comparisons below fail on it.
+        lo, hi = torch.aminmax(values)
+        if not bool((lo >= 0) & (hi <= 1)):
+            raise ValueError(
+                "PxAP.update: maps must lie in [0, 1] without NaN; normalise them (min-max or "
+                "softmax) and apply nan_to_num before evaluation"
+            )
+        is_pos = masks.detach().reshape(-1).to(device)
+        drop = None if ignore is None else ignore.detach().reshape(-1).to(device)
+        # On the CPU, chunks whose temporaries stay in the cache make the passes below ~1.5x
+        # faster than whole-batch temporaries (80x224x224 maps); a GPU takes the batch at once.
+        step = _CPU_CHUNK if device.type == "cpu" else values.numel()
+        counts = torch.zeros(2 * self.num_bins + 1, dtype=torch.int64, device=device)
+        for start in range(0, values.numel(), step):
+            end = start + step
+            counts += self._chunk_counts(values[start:end], is_pos[start:end],
+                                         None if drop is None else drop[start:end])
         nb = self.num_bins
-        idx = self.bin_index(values)
-        is_pos = masks.detach().reshape(-1).to(device) != 0
-        idx = idx + nb * is_pos.long()
-        if ignore is not None:
-            # Ignored pixels go to a spare bucket that is dropped: no boolean indexing, no sync.
-            drop = ignore.detach().reshape(-1).to(device) != 0
-            idx = torch.where(drop, torch.full_like(idx, 2 * nb), idx)
-        counts = _count(idx, 2 * nb + 1)
         self.hist_neg += counts[:nb]
         self.hist_pos += counts[nb : 2 * nb]
+
+    def _chunk_counts(self, values: Tensor, is_pos: Tensor, drop: Tensor | None) -> Tensor:
+        """Counts of (bin + nb * is_positive): both classes in a single counting pass."""
+        nb = self.num_bins
+        idx = self._bin_index(values)
+        pos = is_pos if is_pos.dtype == torch.bool else is_pos != 0
+        idx.add_(pos.view(torch.uint8), alpha=nb)  # int32 arithmetic: no uint8 overflow
+        if drop is not None:
+            # Ignored pixels go to a spare bucket that is dropped: no boolean indexing, no sync.
+            idx.masked_fill_(drop if drop.dtype == torch.bool else drop != 0, 2 * nb)
+        return _count(idx, 2 * nb + 1)
 
     # -- results -----------------------------------------------------------------------------
     def curve(self) -> dict[str, np.ndarray]:

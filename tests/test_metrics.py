@@ -231,3 +231,97 @@ def test_paired_ttest_matches_scipy() -> None:
     assert out["df"] == 28 and out["n"] == 29
     with pytest.raises(ValueError, match="same length"):
         paired_ttest([1.0, 2.0], [1.0])
+
+
+def _edge_heavy_values(n: int, dtype: torch.dtype, seed: int) -> np.ndarray:
+    """Random values plus every edge of ``n`` thresholds and its two neighbours in ``dtype``."""
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    edges = pxap_edges(n)[: n + 1].astype(np_dtype)
+    near = np.concatenate([np.nextafter(edges, np_dtype(-1)), np.nextafter(edges, np_dtype(2))])
+    rand = torch.rand(4000, generator=torch.Generator().manual_seed(seed), dtype=dtype).numpy()
+    values = np.concatenate([rand, edges, near, np.array([0.0, 1.0], dtype=np_dtype)])
+    return values[(values >= 0) & (values <= 1)]
+
+
+@pytest.mark.parametrize("n", [7, 12, 600, 1000, 4099])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("product", [True, False])
+def test_fast_bin_index_matches_np_histogram_for_any_n(
+    n: int, dtype: torch.dtype, product: bool
+) -> None:
+    # float32: the exact float64 product where it is exact (not for n=600), else the
+    # corrected path (forced with product=False). float64 maps: n=7 and n=12 have edges
+    # k*(1/n) just below k/n, so the two-sided correction runs.
+    values = _edge_heavy_values(n, dtype, seed=20 + n)
+    m = PxAP(num_thresholds=n)
+    m._f32_exact = m._f32_exact and product
+    expected, _ = np.histogram(values, bins=m.edges)
+    idx = m.bin_index(torch.from_numpy(values))
+    assert idx.dtype == torch.int64
+    got = torch.bincount(idx, minlength=n + 2)
+    assert np.array_equal(got.numpy(), expected)
+    assert torch.equal(m._bin_index(torch.from_numpy(values)), idx.int())
+
+
+def test_which_bin_path_is_exact_for_which_n() -> None:
+    cpu = torch.device("cpu")
+    assert PxAP(1000)._f32_exact and not PxAP(600)._f32_exact
+    m = PxAP(1000)
+    assert m._edges_for(torch.float32, cpu)[1] and m._edges_for(torch.float64, cpu)[1]
+    assert not PxAP(7)._edges_for(torch.float64, cpu)[1]
+    # n=600: 0.875 = 525/600 is a float32, but the float64 edge 525*(1/600) lies just above
+    # it, so np.histogram puts 0.875 in bin 524 while floor(0.875 * 600) = 525.
+    m = PxAP(600)
+    assert m.edges[525] > 0.875
+    assert np.histogram([0.875], bins=m.edges)[0][524] == 1
+    assert m.bin_index(torch.tensor([0.875])).item() == 524
+
+
+def test_chunked_update_equals_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pixelcam.metrics as metrics
+
+    masks = _blobs(5, 48, seed=21)
+    maps = _noisy_maps(masks, seed=22)
+    ignore = _blobs(5, 48, seed=23)
+    whole = PxAP()
+    whole.update(maps, masks, ignore)
+    # A chunk size that does not divide the pixel count: the last chunk is partial.
+    monkeypatch.setattr(metrics, "_CPU_CHUNK", 997)
+    chunked = PxAP()
+    chunked.update(maps, masks, ignore)
+    assert torch.equal(whole.hist_pos, chunked.hist_pos)
+    assert torch.equal(whole.hist_neg, chunked.hist_neg)
+    keep = ~ignore
+    expected_pos, _ = np.histogram(maps[keep & masks].numpy(), bins=whole.edges)
+    expected_neg, _ = np.histogram(maps[keep & ~masks].numpy(), bins=whole.edges)
+    assert np.array_equal(chunked.hist_pos.numpy(), expected_pos)
+    assert np.array_equal(chunked.hist_neg.numpy(), expected_neg)
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.uint8, torch.int64, torch.float32])
+def test_non_bool_masks_and_ignore(mask_dtype: torch.dtype) -> None:
+    masks = _blobs(3, 32, seed=24)
+    maps = _noisy_maps(masks, seed=25)
+    ignore = _blobs(3, 32, seed=26)
+    ref, m = PxAP(), PxAP()
+    ref.update(maps, masks, ignore)
+    # Any nonzero value is foreground / ignored, not only 1.
+    m.update(maps, masks.to(mask_dtype) * 3, ignore.to(mask_dtype) * 2)
+    assert torch.equal(ref.hist_pos, m.hist_pos) and torch.equal(ref.hist_neg, m.hist_neg)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_maps_bin_as_their_float32_values(dtype: torch.dtype) -> None:
+    masks = _blobs(2, 32, seed=27)
+    maps = _noisy_maps(masks, seed=28).to(dtype)
+    m, ref = PxAP(), PxAP()
+    m.update(maps, masks)
+    ref.update(maps.float(), masks)
+    assert torch.equal(m.hist_pos, ref.hist_pos) and torch.equal(m.hist_neg, ref.hist_neg)
+    assert int(m.hist_pos.sum() + m.hist_neg.sum()) == maps.numel()
+
+
+def test_empty_batch_adds_nothing() -> None:
+    m = PxAP()
+    m.update(torch.zeros(0, 4, 4), torch.zeros(0, 4, 4, dtype=torch.bool))
+    assert int(m.hist_pos.sum()) == 0 and int(m.hist_neg.sum()) == 0

@@ -3,8 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
+import pixelcam.sampler as sampler_module
 from pixelcam.sampler import (
     IGNORE_INDEX,
     otsu_threshold,
@@ -227,3 +229,137 @@ def test_th_fg_rows() -> None:
     assert not (t[1] == 1).any() and not (t[3] == 1).any()
     assert (t[1] == 0).sum() == 5 and (t[3] == 0).sum() == 5
     assert (t[0] == 1).sum() == 5 and (t[2] == 1).sum() == 5
+
+
+# --- CPU fast paths: same law as the reference (multinomial / stable argsort) ---------------
+
+
+@pytest.mark.parametrize(
+    "test",
+    [
+        test_pb_official_bg_uniform_in_lowest_region,
+        test_pb_official_bg_ties_keep_raster_order,
+        test_pb_fg_rows,
+        test_pb_conflicts_become_ignore,
+        lambda: test_pb_shape_dtype_and_counts("official"),
+        test_th_fg_inside_eroded_roi_and_bg_in_lowest,
+        test_th_fg_rows,
+    ],
+    ids=["bg_uniform", "bg_ties", "fg_rows", "conflicts", "counts", "th_roi", "th_fg_rows"],
+)
+def test_reference_paths_keep_the_same_laws(test, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The CPU runs the fast paths; the GPU runs torch.multinomial and a stable argsort. Run
+    # the same distribution checks through the latter on the CPU.
+    monkeypatch.setattr(sampler_module, "_CPU_FAST", False)
+    test()
+
+
+def _tie_heavy_cam(h: int, w: int, seed: int) -> torch.Tensor:
+    """Exact zeros (half of them -0.0), a tie group at 0.3 and distinct values above 0.5."""
+    g = _gen(seed)
+    cam = 0.5 + 0.5 * torch.rand(h * w, generator=g)
+    perm = torch.randperm(h * w, generator=g)
+    n = h * w
+    cam[perm[: n // 16]] = 0.0
+    cam[perm[: n // 32]] = -0.0
+    cam[perm[n // 16 : n // 8]] = 0.1
+    cam[perm[n // 8 : n // 2]] = 0.3
+    return cam.view(h, w)
+
+
+@pytest.mark.parametrize("hw", [37, 4099])
+def test_stable_keys_sort_like_a_stable_argsort(hw: int) -> None:
+    g = _gen(30)
+    rows = [
+        torch.rand(hw, generator=g),
+        _tie_heavy_cam(1, hw, seed=31).flatten(),  # ties at -0.0/+0.0, 0.1 and 0.3
+        torch.zeros(hw),
+        (torch.rand(hw, generator=g) * 8).floor() / 8,
+        torch.rand(hw, generator=g) * 1e-30,  # tiny values: only the low bits differ
+    ]
+    flat = torch.stack(rows)
+    keys = sampler_module._stable_keys(flat)
+    for i in range(len(rows)):
+        assert keys[i].unique().numel() == hw  # distinct: the positions differ
+        assert torch.equal(keys[i].argsort(), flat[i].argsort(stable=True))
+
+
+def test_fast_bg_region_is_the_stable_argsort_region_with_partial_ties() -> None:
+    h = w = 40
+    reps, n_bg, min_p = 2000, 5, 0.2
+    cam = _tie_heavy_cam(h, w, seed=32)
+    k = int(min_p * h * w)
+    region = torch.zeros(h * w, dtype=torch.bool)
+    region[cam.flatten().argsort(stable=True)[:k]] = True
+    # The region holds the 100 zeros and 100 0.1s and only the first 120 of the 600 0.3s.
+    ties = torch.nonzero(cam.flatten() == 0.3)[:, 0]
+    assert len(ties) == 600
+    assert region[ties[:120]].all() and not region[ties[120:]].any()
+    t = sample_seeds_pb(cam.expand(reps, h, w), n_fg=0, n_bg=n_bg, min_p=min_p,
+                        generator=_gen(33))
+    bg = (t == 0).view(reps, -1)
+    assert torch.equal(bg.sum(1), torch.full((reps,), n_bg))
+    assert torch.equal(bg.any(0), region)
+    freq = bg.float().mean(0)[region]
+    assert (freq - n_bg / k).abs().max().item() < 0.012
+
+
+def test_first_distinct_hand_example() -> None:
+    cand = torch.tensor([[3, 3, 5, 3, 7, 5, 9]])
+    picks, have = sampler_module._first_distinct(cand, 3)
+    assert picks.tolist() == [[3, 5, 7]] and have.tolist() == [3]
+    valid = torch.tensor([[False, True, True, True, False, True, True]])
+    picks, have = sampler_module._first_distinct(cand, 4, valid)
+    assert picks[:, :3].tolist() == [[3, 5, 9]] and have.tolist() == [3]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_weighted_pick_has_the_sequential_law(fast: bool) -> None:
+    # One heavy pixel: about 5% of the rows find fewer than 3 distinct pixels among their 12
+    # candidates, so the exact completion runs too.
+    p = torch.tensor([8.0, 1.0, 1.0, 1.0]) / 11
+    reps = 40000
+    weights = (p * 11).expand(reps, 4)
+    if fast:
+        picks = sampler_module._weighted_pick(weights, 3, _gen(34))
+    else:
+        picks = torch.multinomial(weights, 3, replacement=False, generator=_gen(34))
+    assert (picks.sort(1).values.diff(dim=1) > 0).all()  # distinct
+    first = torch.bincount(picks[:, 0], minlength=4).float() / reps
+    assert (first - p).abs().max().item() < 0.01
+    pair = torch.bincount(picks[:, 0] * 4 + picks[:, 1], minlength=16).float().view(4, 4) / reps
+    exact = p.unsqueeze(1) * p.unsqueeze(0) / (1 - p.unsqueeze(1))
+    exact.fill_diagonal_(0)
+    assert (pair - exact).abs().max().item() < 0.01
+    missing_heavy = (picks != 0).all(1).float().mean().item()
+    assert abs(missing_heavy - 6 / 990) < 0.002
+
+
+def test_weighted_pick_completion_is_deterministic_and_distinct() -> None:
+    # Almost all mass on one pixel of a large map: every row needs the completion race.
+    weights = torch.full((8, 4096), 1e-6)
+    weights[:, 7] = 1.0
+    a = sampler_module._weighted_pick(weights, 5, _gen(35))
+    b = sampler_module._weighted_pick(weights, 5, _gen(35))
+    assert torch.equal(a, b)
+    assert (a == 7).any(1).all()
+    assert (a.sort(1).values.diff(dim=1) > 0).all()
+
+
+def test_build_target_rejected_picks_do_not_erase_seeds() -> None:
+    # A not-ok FG pick on a BG seed's pixel must leave that BG seed in place.
+    fg_idx = torch.tensor([[0, 2]])
+    fg_ok = torch.tensor([[True, False]])
+    bg_idx = torch.tensor([[2, 3]])
+    bg_ok = torch.tensor([[True, True]])
+    t = sampler_module._build_target((1, 2, 2), fg_idx, fg_ok, bg_idx, bg_ok)
+    assert t.view(-1).tolist() == [1, IGNORE_INDEX, 0, 0]
+
+
+@pytest.mark.parametrize("k", [1, 3, 11, 31])
+def test_box_dilation_equals_max_pool(k: int) -> None:
+    mask = torch.rand(3, 17, 23, generator=_gen(36)) > 0.93
+    mask[1] = False
+    mask[2, 0, 0] = True
+    ref = F.max_pool2d(mask.float().unsqueeze(1), k, stride=1, padding=k // 2)[:, 0] > 0
+    assert torch.equal(sampler_module._box_any(mask, k), ref)
