@@ -10,31 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
+from timing import wall_times
 
 from pixelcam.evaluate import resolve_device
 from pixelcam.models.cams import compute_maps
 from pixelcam.models.model import build_model
 from pixelcam.provenance import device_name, versions
-
-
-def _timed(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
-    """Median wall time of fn() in milliseconds, synchronising the device around each call."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
 
 
 def _gradcam_runner(kind: str, model: torch.nn.Module, x: torch.Tensor, label: int):
@@ -86,7 +70,8 @@ def main() -> None:
     for kind in ("layercam", "gradcampp"):
         cases[f"pytorch-grad-cam {kind}"] = _gradcam_runner(kind, model, x, 0)
 
-    ms = {name: _timed(fn, device, args.repeats) for name, fn in cases.items()}
+    ms = {name: 1000 * statistics.median(wall_times(fn, device, args.repeats))
+          for name, fn in cases.items()}
     base = ms["forward"]
     rows = {name: {"ms": round(t, 2), "x_forward": round(t / base, 3)} for name, t in ms.items()}
     for kind in ("layercam", "gradcampp"):

@@ -13,33 +13,16 @@ import argparse
 import json
 import os
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timing import wall_times
 
 from pixelcam.metrics import PxAP
 from pixelcam.provenance import device_name, versions
-
-
-def _timed(fn: Callable[[], object], device: torch.device, repeats: int,
-           warmup: int = 1) -> list[float]:
-    """Wall times of fn() in seconds, synchronising the device around each call."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def make_maps(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,7 +72,7 @@ def main() -> None:
     seconds = {}
     for name, fn in cases.items():
         reps = args.sklearn_repeats if name.startswith("sklearn") else args.repeats
-        seconds[name] = _timed(fn, cpu, reps, warmup=0 if name.startswith("sklearn") else 2)
+        seconds[name] = wall_times(fn, cpu, reps, warmup=0 if name.startswith("sklearn") else 2)
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
@@ -100,7 +83,7 @@ def main() -> None:
             m = PxAP(n)
             m.update(maps_d, masks_d)
 
-        seconds[f"ours: PxAP.update on {device}"] = _timed(ours_device, device, args.repeats, 3)
+        seconds[f"ours: PxAP.update on {device}"] = wall_times(ours_device, device, args.repeats, 3)
 
     # Agreement: ours (histogram) vs sklearn on quantised and on raw scores.
     m = PxAP(n)

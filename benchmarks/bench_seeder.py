@@ -14,34 +14,17 @@ import argparse
 import json
 import os
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timing import wall_times
 
 from pixelcam.provenance import device_name, versions
 from pixelcam.sampler import IGNORE_INDEX, sample_seeds_pb, sample_seeds_th
 
 EPS = 1e-6
-
-
-def _timed(fn: Callable[[], object], device: torch.device, repeats: int,
-           warmup: int = 2) -> list[float]:
-    """Wall times of fn() in seconds, synchronising the device around each call."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def make_cams(b: int, size: int, ties: bool, seed: int) -> torch.Tensor:
@@ -132,7 +115,7 @@ def main() -> None:
         cases["smooth: ours PB on cuda"] = (
             lambda: sample_seeds_pb(cams_d, n, n, p, generator=gen_d), args.repeats, dev)
 
-    seconds = {name: _timed(fn, d, r) for name, (fn, r, d) in cases.items()}
+    seconds = {name: wall_times(fn, d, r) for name, (fn, r, d) in cases.items()}
     rows = {name: {"ms_median": round(1000 * statistics.median(ts), 3),
                    "ms_min": round(1000 * min(ts), 3), "repeats": len(ts)}
             for name, ts in seconds.items()}
