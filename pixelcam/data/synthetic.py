@@ -1,15 +1,29 @@
-"""Procedural H&E-like histology with gland masks: the embedded dataset that needs no download.
+"""Procedural H&E-like histology with masks: the embedded datasets that need no download.
 
-Both classes contain glands (as in GlaS, the localisation target is the gland whatever the class),
-so a classifier has to learn *what the glands look like*, not whether they are there:
+Two domains, so that out-of-distribution and stain-shift experiments have a source and a target
+that differ the way GlaS and CAMELYON16 do (tissue, classes, what the mask marks, and colour).
+
+``domain="glas"`` (GlaS-like). Both classes contain glands (as in GlaS, the localisation target
+is the gland whatever the class), so a classifier has to learn *what the glands look like*, not
+whether they are there:
 
 * benign (0): round/elliptic glands of similar size, well separated, one basal row of small regular
   nuclei, few stroma nuclei;
 * malignant (1): irregular outlines (Fourier-perturbed radius), crowded and partly fused glands,
   stratified large dark pleomorphic nuclei, debris in the lumens, more stroma (inflammatory) nuclei.
 
+``domain="camelyon16"`` (CAMELYON16-like lymph node patches). The mask is the metastasis:
+
+* normal (0): dense small round dark lymphocytes over pale pink stroma, pale sinus-like channels
+  with a few histiocytes, fat vacuoles here and there; no foreground (an all-zero mask);
+* tumor (1): the same node with one to three smooth irregular metastatic regions covering 10-60%
+  of the patch, made of cohesive nests of large pale (vesicular) pleomorphic nuclei with nucleoli
+  and more eosinophilic cytoplasm; the mask is exactly that region.
+
 Colour follows Beer-Lambert: optical density OD = c_H * h + c_E * e (+ a small background), RGB =
 255 * exp(-OD), with the stain vectors taken from the spec: a stain shift is a change of the spec.
+Each domain has its own default stain pair (CAMELYON16-like: a more purple haematoxylin and a pinker
+eosin than the Ruifrok-Johnston pair of GlaS-like).
 Everything is drawn from numpy Generators derived from (seed, image index): the same spec gives
 byte-identical PNGs.
 """
@@ -30,7 +44,8 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter, zoom
 
-from pixelcam.data.folds import Record, write_split
+from pixelcam.atomic import write_text
+from pixelcam.data.folds import ENCODING_FILE, Record, write_split
 from pixelcam.errors import ConfigError, DataError
 
 # Bump when the rendering changes: it is part of the digest, so cached datasets are regenerated.
@@ -38,8 +53,18 @@ GENERATOR_VERSION = 2
 # Ruifrok & Johnston optical-density vectors of haematoxylin and eosin (rows; normalised on use).
 H_OD = (0.65, 0.70, 0.29)
 E_OD = (0.07, 0.99, 0.11)
-CLASS_NAMES = ("benign", "malignant")
+# CAMELYON16-like pair: the haematoxylin absorbs less red and more blue (purple rather than blue),
+# the eosin absorbs more blue (pink-red rather than magenta), roughly as stain vectors estimated
+# on lymph-node slides compare with the Ruifrok-Johnston ones.
+CAMELYON_H_OD = (0.56, 0.72, 0.41)
+CAMELYON_E_OD = (0.22, 0.80, 0.56)
+CLASS_NAMES = ("benign", "malignant")  # GlaS-like; see DOMAINS for every domain
 ENCODING = {"benign": 0, "malignant": 1}
+DOMAINS: dict[str, dict] = {
+    "glas": {"class_names": CLASS_NAMES, "stain_matrix": (H_OD, E_OD)},
+    "camelyon16": {"class_names": ("normal", "tumor"),
+                   "stain_matrix": (CAMELYON_H_OD, CAMELYON_E_OD)},
+}
 FOLD_DIR = Path("folds") / "fold-0"
 MANIFEST = "MANIFEST.json"
 _VALPX_STREAM = 1  # spawn key of the split-selection rng; images use (0, index)
@@ -56,9 +81,18 @@ class SyntheticSpec:
     width: int = 192
     height: int = 160
     seed: int = 0
-    stain_matrix: tuple[tuple[float, float, float], tuple[float, float, float]] = (H_OD, E_OD)
+    # None = the domain's own pair (DOMAINS); set after construction to the resolved matrix, so
+    # dataclasses.replace(spec, domain=...) keeps the old colours: pass stain_matrix=None with it.
+    stain_matrix: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
+    domain: str = "glas"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.domain, str) or self.domain not in DOMAINS:
+            raise ConfigError(
+                f"synthetic domain {self.domain!r} is not known: use one of {sorted(DOMAINS)}"
+            )
+        if self.stain_matrix is None:
+            object.__setattr__(self, "stain_matrix", DOMAINS[self.domain]["stain_matrix"])
         names = ("n_train", "n_valcl", "n_test", "n_valpx_per_class", "width", "height", "seed")
         for name in names:
             value = getattr(self, name)
@@ -89,15 +123,32 @@ class SyntheticSpec:
         if not ok:
             raise ConfigError(
                 f"synthetic stain_matrix {self.stain_matrix!r} must be two rows (H, E) of three "
-                f"non-negative optical densities, e.g. [{list(H_OD)}, {list(E_OD)}]"
+                "non-negative optical densities, e.g. "
+                f"{[list(row) for row in DOMAINS[self.domain]['stain_matrix']]}"
             )
         # YAML gives lists; tuples keep the spec hashable and its digest independent of the source.
         object.__setattr__(self, "stain_matrix", matrix)
 
+    @property
+    def class_names(self) -> tuple[str, str]:
+        """Names of labels 0 and 1 in this domain."""
+        return DOMAINS[self.domain]["class_names"]
+
+    @property
+    def encoding(self) -> dict[str, int]:
+        """``{class_name: label}`` as written to encoding.yaml."""
+        return {name: label for label, name in enumerate(self.class_names)}
+
     def to_dict(self) -> dict:
-        """Plain-JSON form, for the manifest and the digest."""
+        """Plain-JSON form, for the manifest and the digest.
+
+        The default domain is left out so GlaS-like specs keep the digest (cache name) and the
+        manifest bytes they had before domains existed; every other domain is part of both.
+        """
         out = dataclasses.asdict(self)
         out["stain_matrix"] = [list(row) for row in self.stain_matrix]
+        if out["domain"] == "glas":
+            del out["domain"]
         return out
 
     def digest(self) -> str:
@@ -240,8 +291,12 @@ def _stamp_nuclei(
     density: np.ndarray,
     irregular: np.ndarray,
     phase: np.ndarray,
+    hollow: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Haematoxylin map of N elliptic nuclei, evaluated on an (N, K, K) patch stack at once."""
+    """Haematoxylin map of N elliptic nuclei, evaluated on an (N, K, K) patch stack at once.
+
+    `hollow` (0..1) pales the interior of each nucleus and keeps its rim: vesicular nuclei.
+    """
     out = np.zeros((h, w), dtype=np.float32)
     if len(cy) == 0:
         return out
@@ -258,6 +313,8 @@ def _stamp_nuclei(
     theta = np.arctan2(vn, un)
     d = np.hypot(un, vn) / (1 + irregular[:, None, None] * np.cos(2 * theta + phase[:, None, None]))
     value = density[:, None, None] * np.clip((1.15 - d) / 0.35, 0.0, 1.0)
+    if hollow is not None:
+        value = value * (1.0 - hollow[:, None, None] * np.clip((0.8 - d) / 0.3, 0.0, 1.0))
     keep = (py >= 0) & (py < h) & (px >= 0) & (px < w) & (value > 0)
     # Maximum, not sum: touching nuclei must not look twice as dark.
     np.maximum.at(out, (py[keep], px[keep]), value[keep].astype(np.float32))
@@ -288,9 +345,33 @@ def _sample_points(
 def render_image(
     rng: np.random.Generator, label: int, spec: SyntheticSpec
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one (H, W, 3) uint8 image and its (H, W) bool gland mask for class `label`."""
+    """Draw one (H, W, 3) uint8 image and its (H, W) bool mask for class `label` of spec.domain."""
     if label not in (0, 1):
-        raise ConfigError(f"synthetic label must be 0 (benign) or 1 (malignant), got {label!r}")
+        names = spec.class_names
+        raise ConfigError(
+            f"synthetic label must be 0 ({names[0]}) or 1 ({names[1]}) in domain "
+            f"{spec.domain!r}, got {label!r}"
+        )
+    if spec.domain == "camelyon16":
+        return _render_camelyon(rng, label, spec)
+    return _render_glas(rng, label, spec)
+
+
+def _to_rgb(
+    rng: np.random.Generator, c_h: np.ndarray, c_e: np.ndarray, spec: SyntheticSpec
+) -> np.ndarray:
+    """Beer-Lambert: stain concentrations -> optical density with the spec's stains -> RGB."""
+    h, w = c_h.shape
+    stains = np.asarray(spec.stain_matrix, dtype=np.float32)
+    stains = stains / np.linalg.norm(stains, axis=1, keepdims=True)
+    od = c_h[..., None] * stains[0] + c_e[..., None] * stains[1] + 0.03
+    od = od + 0.015 * rng.standard_normal((h, w, 3)).astype(np.float32)
+    return np.clip(np.rint(255.0 * np.exp(-np.clip(od, 0.0, None))), 0, 255).astype(np.uint8)
+
+
+def _render_glas(
+    rng: np.random.Generator, label: int, spec: SyntheticSpec
+) -> tuple[np.ndarray, np.ndarray]:
     h, w = spec.height, spec.width
     s = float(min(h, w))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -396,13 +477,160 @@ def render_image(
     nuc = gaussian_filter(nuclei, 0.5) * chromatin
     c_h = np.maximum(c_h, nuc)
     c_e = c_e * (1.0 - 0.6 * np.clip(nuc, 0.0, 1.0))
+    return _to_rgb(rng, c_h, c_e, spec), mask
 
-    stains = np.asarray(spec.stain_matrix, dtype=np.float32)
-    stains = stains / np.linalg.norm(stains, axis=1, keepdims=True)
-    od = c_h[..., None] * stains[0] + c_e[..., None] * stains[1] + 0.03
-    od = od + 0.015 * rng.standard_normal((h, w, 3)).astype(np.float32)
-    rgb = np.clip(np.rint(255.0 * np.exp(-np.clip(od, 0.0, None))), 0, 255).astype(np.uint8)
-    return rgb, mask
+
+# --------------------------------------------------------------------------------------------
+# CAMELYON16-like lymph node
+
+
+def _jittered_grid(
+    rng: np.random.Generator, h: int, w: int, spacing: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Points on a grid of `spacing` with jitter: densely packed cells that rarely overlap."""
+    gy = np.arange(spacing / 2, h, spacing)
+    gx = np.arange(spacing / 2, w, spacing)
+    py, px = (a.ravel() for a in np.meshgrid(gy, gx, indexing="ij"))
+    py = py + rng.uniform(-0.3, 0.3, py.size) * spacing
+    px = px + rng.uniform(-0.3, 0.3, px.size) * spacing
+    return py, px
+
+
+def _lookup(field: np.ndarray, py: np.ndarray, px: np.ndarray) -> np.ndarray:
+    h, w = field.shape
+    iy = np.clip(np.rint(py).astype(np.int64), 0, h - 1)
+    ix = np.clip(np.rint(px).astype(np.int64), 0, w - 1)
+    return field[iy, ix]
+
+
+def _blob_rho(
+    rng: np.random.Generator, n: int, h: int, w: int, yy: np.ndarray, xx: np.ndarray,
+    centre: tuple[float, float], size: tuple[float, float], aspect: tuple[float, float],
+    amp: float,
+) -> np.ndarray:
+    """(n, H, W) normalised radius of n Fourier-perturbed ellipses (< 1 inside each)."""
+    s = float(min(h, w))
+    out = np.empty((n, h, w), dtype=np.float32)
+    n_harm = 4
+    decay = 1.0 / np.arange(1, n_harm + 1)
+    for k in range(n):
+        r = rng.uniform(*size) * s
+        asp = rng.uniform(*aspect)
+        g = _Gland(
+            cy=rng.uniform(centre[0], 1 - centre[0]) * h,
+            cx=rng.uniform(centre[1], 1 - centre[1]) * w,
+            angle=rng.uniform(0, math.pi), a=r * math.sqrt(asp), b=r / math.sqrt(asp),
+            amps=(amp * decay * rng.uniform(0.5, 1.0, n_harm)).astype(np.float32),
+            phases=rng.uniform(0, 2 * math.pi, n_harm).astype(np.float32),
+            lumen=0.0, lumen_amps=np.zeros(0, np.float32), lumen_phases=np.zeros(0, np.float32),
+        )
+        out[k] = _gland_coords(g, yy, xx)[0]
+    return out
+
+
+def _metastasis_mask(
+    rng: np.random.Generator, h: int, w: int, yy: np.ndarray, xx: np.ndarray
+) -> np.ndarray:
+    """One to three smooth irregular blobs whose union covers 12-55% of the patch exactly."""
+    s = float(min(h, w))
+    n = int(rng.integers(1, 4))
+    target = rng.uniform(0.12, 0.55)
+    rho = _blob_rho(rng, n, h, w, yy, xx, centre=(0.15, 0.15), size=(0.6, 1.4),
+                    aspect=(1.0, 1.8), amp=0.3).min(axis=0)
+    # Ragged (but still smooth) invasion front; then a threshold that gives the drawn coverage.
+    rho = rho * (1.0 + 0.12 * _smooth_noise(rng, (h, w), 0.06 * s))
+    k = max(1, round(target * h * w))
+    threshold = np.partition(rho.ravel(), k - 1)[k - 1]
+    return rho <= threshold
+
+
+def _render_camelyon(
+    rng: np.random.Generator, label: int, spec: SyntheticSpec
+) -> tuple[np.ndarray, np.ndarray]:
+    h, w = spec.height, spec.width
+    s = float(min(h, w))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    r_n = max(0.9, 0.014 * s)
+
+    mask = _metastasis_mask(rng, h, w, yy, xx) if label == 1 else np.zeros((h, w), dtype=bool)
+
+    # Sinuses: meandering pale channels along the zero set of a smooth field, in part of the patch.
+    width = 0.16 + 0.06 * _smooth_noise(rng, (h, w), 0.25 * s)
+    gate = _smooth_noise(rng, (h, w), 0.3 * s) > rng.uniform(-0.6, 0.6)
+    sinus = (np.abs(_smooth_noise(rng, (h, w), 0.1 * s)) < width) & gate & ~mask
+    # Fat: zero to three round empty vacuoles with a thin membrane.
+    n_fat = int(rng.choice([0, 0, 1, 1, 2, 3]))
+    if n_fat:
+        fat_rho = _blob_rho(rng, n_fat, h, w, yy, xx, centre=(0.0, 0.0), size=(0.05, 0.13),
+                            aspect=(1.0, 1.3), amp=0.06).min(axis=0)
+    else:
+        fat_rho = np.full((h, w), np.inf, dtype=np.float32)
+    fat = (fat_rho < 1.0) & ~mask
+    sinus &= ~fat
+    node = ~(mask | sinus | fat)
+
+    w_t = gaussian_filter(mask.astype(np.float32), 0.8)
+    w_s = gaussian_filter(sinus.astype(np.float32), 1.0)
+    w_f = gaussian_filter(fat.astype(np.float32), 0.6)
+    w_n = np.clip(1.0 - w_t - w_s - w_f, 0.0, 1.0)
+
+    fine = _smooth_noise(rng, (h, w), 0.8)
+    tex = _smooth_noise(rng, (h, w), 0.05 * s)
+    node_e = 0.17 + 0.04 * tex + 0.02 * fine
+    node_h = 0.07 + 0.015 * fine
+    sinus_e = 0.07 + 0.05 * np.clip(tex, 0.0, None)  # a little lymph / proteinaceous fluid
+    sinus_h = 0.02
+    # Nests of tumour cells separated by thin fibrous septa; eosinophilic cytoplasm.
+    septa = mask & (np.abs(_smooth_noise(rng, (h, w), 0.09 * s)) < 0.1)
+    tumour_e = np.where(septa, 0.30, 0.40 + 0.06 * _smooth_noise(rng, (h, w), 1.5))
+    tumour_h = np.where(septa, 0.05, 0.11 + 0.02 * fine)
+    membrane = np.clip(1.0 - np.abs(fat_rho - 1.0) * (0.07 * s) / 0.8, 0.0, 1.0) * ~mask
+    c_e = w_n * node_e + w_s * sinus_e + w_t * tumour_e + 0.28 * membrane
+    c_h = w_n * node_h + w_s * sinus_h + w_t * tumour_h
+
+    # Lymphocytes: small round dark nuclei, densely packed in the node, sparse elsewhere.
+    py, px = _jittered_grid(rng, h, w, 2.5 * r_n)
+    density = np.clip(0.8 + 0.15 * _smooth_noise(rng, (h, w), 0.2 * s), 0.4, 0.97)
+    keep_p = np.where(node, density, 0.0) + 0.12 * sinus + 0.05 * (mask & ~septa)
+    keep = rng.uniform(size=py.size) < _lookup(keep_p, py, px)
+    py, px = py[keep], px[keep]
+    n = py.size
+    ra = r_n * rng.uniform(0.85, 1.05, n)
+    small = _stamp_nuclei(h, w, py, px, ra, ra * rng.uniform(0.85, 1.0, n),
+                          rng.uniform(0, math.pi, n), rng.uniform(1.45, 1.85, n),
+                          np.full(n, 0.04), rng.uniform(0, 2 * math.pi, n))
+    # Sinus histiocytes: a few larger pale nuclei (present in both classes).
+    hy, hx = _sample_points(rng, sinus, round(float(sinus.sum()) * 0.004))
+    n = hy.size
+    ra = r_n * rng.uniform(1.3, 1.7, n)
+    big = [(hy, hx, ra, ra * rng.uniform(0.6, 0.9, n), rng.uniform(0.6, 0.85, n),
+            rng.uniform(0.1, 0.25, n), np.full(n, 0.3))]
+    if label == 1:
+        # Tumour cells: large pale pleomorphic vesicular nuclei in cohesive nests, with nucleoli.
+        ty, tx = _jittered_grid(rng, h, w, 4.3 * r_n)
+        inside = _lookup(mask & ~septa, ty, tx) & (rng.uniform(size=ty.size) < 0.92)
+        ty, tx = ty[inside], tx[inside]
+        n = ty.size
+        ra = r_n * rng.uniform(1.6, 2.5, n)
+        big.append((ty, tx, ra, ra * rng.uniform(0.65, 1.0, n), rng.uniform(0.75, 1.05, n),
+                    rng.uniform(0.1, 0.3, n), rng.uniform(0.4, 0.7, n)))
+        off = rng.uniform(0, 0.35, n) * ra
+        turn = rng.uniform(0, 2 * math.pi, n)
+        rn = np.full(n, max(0.6, 0.4 * r_n))
+        small = np.maximum(small, _stamp_nuclei(
+            h, w, ty + off * np.sin(turn), tx + off * np.cos(turn), rn, rn,
+            np.zeros(n), rng.uniform(1.2, 1.6, n), np.zeros(n), np.zeros(n)))
+    cols = [np.concatenate(c) for c in zip(*big)]
+    cy, cx, ra, rb, dens, irr, hollow = cols
+    n = cy.size
+    large = _stamp_nuclei(h, w, cy, cx, ra, rb, rng.uniform(0, math.pi, n), dens, irr,
+                          rng.uniform(0, 2 * math.pi, n), hollow=hollow)
+
+    chromatin = np.clip(0.85 + 0.15 * _smooth_noise(rng, (h, w), 0.6), 0.5, 1.2)
+    nuc = gaussian_filter(np.maximum(small, large), 0.5) * chromatin
+    c_h = np.maximum(c_h, nuc)
+    c_e = c_e * (1.0 - 0.6 * np.clip(nuc, 0.0, 1.0))
+    return _to_rgb(rng, c_h, c_e, spec), mask
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,9 +683,8 @@ def write_dataset(root: str | Path, spec: SyntheticSpec) -> Path:
         chosen.update(pool[int(k)] for k in picks)
     records["valpx"] = [r for r in records["valcl"] if r.image_id in chosen]
 
-    (root / "encoding.yaml").write_text(
-        "".join(f"{name}: {value}\n" for name, value in ENCODING.items()), encoding="utf-8"
-    )
+    encoding = spec.encoding
+    write_text(root / ENCODING_FILE, "".join(f"{k}: {v}\n" for k, v in encoding.items()))
     fold = root / FOLD_DIR
     for split in ("train", "valcl", "valpx", "test"):
         write_split(fold, split, records[split])
@@ -468,7 +695,7 @@ def write_dataset(root: str | Path, spec: SyntheticSpec) -> Path:
         "digest": spec.digest(),
         "spec": spec.to_dict(),
         "fold_dir": FOLD_DIR.as_posix(),
-        "encoding": ENCODING,
+        "encoding": encoding,
         "counts": {split: len(recs) for split, recs in records.items()},
     }
     tmp = root / f".{MANIFEST}.tmp-{os.getpid()}"
