@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pixelcam.metrics import PxAP
+from pixelcam.metrics import PxAP, ResampledPxAP
 from pixelcam.models.cams import compute_maps
 
 
@@ -55,10 +55,13 @@ class SplitResult:
     n_images: int
     per_image: dict[str, list[Any]] = field(default_factory=dict)
     metric: PxAP | None = None
+    # pooled PxAP of each bootstrap resample of the split, paired across models (Table 2)
+    resampled_pxap: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"accuracy": self.accuracy, "pxap": self.pxap, "rates": self.rates,
-                "n_images": self.n_images, "per_image": self.per_image}
+                "n_images": self.n_images, "per_image": self.per_image,
+                "resampled_pxap": self.resampled_pxap}
 
 
 def per_image_ap(maps: torch.Tensor, masks: torch.Tensor) -> list[float]:
@@ -75,9 +78,18 @@ def per_image_ap(maps: torch.Tensor, masks: torch.Tensor) -> list[float]:
 
 
 def evaluate_split(model: torch.nn.Module, loader: DataLoader, method: str,
-                   device: torch.device, with_per_image: bool = True) -> SplitResult:
-    """One pass over a split: pooled PxAP (histograms stay on the device) and accuracy."""
+                   device: torch.device, with_per_image: bool = True, resamples: int = 29,
+                   resample_seed: int = 0) -> SplitResult:
+    """One pass over a split: pooled PxAP (histograms stay on the device) and accuracy.
+
+    With ``resamples`` > 0 it also keeps the pooled PxAP of that many bootstrap resamples of
+    the split's images (seeded by ``resample_seed``, so every model sees the same ones): the
+    paired values of the Table 2 t-test.
+    """
     metric = PxAP()
+    resampled = None
+    if resamples > 0:
+        resampled = ResampledPxAP(len(loader.dataset), resamples, seed=resample_seed)
     correct = 0
     total = 0
     per_image: dict[str, list[Any]] = {"index": [], "label": [], "pred": [], "ap": []}
@@ -94,6 +106,8 @@ def evaluate_split(model: torch.nn.Module, loader: DataLoader, method: str,
         if "masks" in out:
             has_masks = True
             metric.update(out["maps"], out["masks"])
+            if resampled is not None:
+                resampled.update(out["maps"], out["masks"], out["index"])
         if with_per_image:
             per_image["index"] += [int(i) for i in out["index"]]
             per_image["label"] += out["labels"].tolist()
@@ -106,6 +120,8 @@ def evaluate_split(model: torch.nn.Module, loader: DataLoader, method: str,
     return SplitResult(
         accuracy=accuracy, pxap=pxap, rates=rates, n_images=total,
         per_image=per_image if with_per_image else {}, metric=metric if has_masks else None,
+        resampled_pxap=(resampled.compute().tolist()
+                        if has_masks and resampled is not None else []),
     )
 
 

@@ -16,7 +16,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["PxAP", "accuracy", "paired_ttest", "pxap_edges", "separability_j"]
+__all__ = [
+    "PxAP",
+    "ResampledPxAP",
+    "accuracy",
+    "bootstrap_multiplicities",
+    "paired_ttest",
+    "pxap_edges",
+    "separability_j",
+]
 
 # Pixels per pass of PxAP.update on the CPU: 2 MiB of float32, small enough to stay in cache.
 _CPU_CHUNK = 1 << 19
@@ -363,3 +371,173 @@ def paired_ttest(a: Sequence[float], b: Sequence[float]) -> dict:
     res = stats.ttest_rel(xa, xb, alternative="two-sided")
     return {"t": float(res.statistic), "p": float(res.pvalue), "df": int(xa.size - 1),
             "n": int(xa.size)}
+
+
+def bootstrap_multiplicities(n_images: int, n_resamples: int, seed: int = 0) -> np.ndarray:
+    """(n_resamples, n_images) int64: how often each image is drawn in each bootstrap resample.
+
+    Each row is n_images draws with replacement from numpy ``Generator(seed)``, so two models
+    evaluated on the same split with the same (n_images, seed) see the same resamples: that
+    pairing is what makes ``paired_ttest`` over the resampled PxAPs meaningful.
+    """
+    if n_images < 1 or n_resamples < 1:
+        raise ValueError(
+            f"bootstrap_multiplicities: n_images ({n_images}) and n_resamples ({n_resamples}) "
+            "must both be >= 1"
+        )
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_images, size=(n_resamples, n_images))
+    offsets = (np.arange(n_resamples) * n_images)[:, None]
+    counts = np.bincount((draws + offsets).reshape(-1), minlength=n_resamples * n_images)
+    return counts.reshape(n_resamples, n_images).astype(np.int64)
+
+
+class ResampledPxAP:
+    """Pooled PxAP of each of R bootstrap resamples of a split's images, in one streaming pass.
+
+    The paper's Table 2 t/p values fit df = 28 (official-code notes 5.5), i.e. 29 paired
+    values; per-image AP would give df = n_images - 1. So each model gets R = 29 dataset-level
+    PxAPs, one per resample of the test images (the same resamples for every model), and the
+    t-test pairs them. Per batch, each image's positive/negative histograms come from one
+    bincount; an (R,B) x (B,2*bins) product adds them to every resample with its multiplicity.
+    State: (R, bins) int64 histograms on the inputs' device.
+    """
+
+    def __init__(
+        self,
+        n_images: int,
+        n_resamples: int = 29,
+        seed: int = 0,
+        num_thresholds: int = 1000,
+        *,
+        multiplicities: np.ndarray | None = None,
+    ) -> None:
+        """``multiplicities`` (R, n_images) replaces the bootstrap draw (e.g. all ones = PxAP)."""
+        self.n_images = int(n_images)
+        if multiplicities is None:
+            mult = bootstrap_multiplicities(self.n_images, int(n_resamples), seed)
+        else:
+            mult = np.asarray(multiplicities)
+            if mult.ndim != 2 or mult.shape[1] != self.n_images:
+                raise ValueError(
+                    f"ResampledPxAP: multiplicities must have shape (R, {self.n_images}), got "
+                    f"{mult.shape}"
+                )
+            if (mult < 0).any() or not np.array_equal(mult, np.round(mult)):
+                raise ValueError("ResampledPxAP: multiplicities must be non-negative integers")
+            mult = mult.astype(np.int64)
+        self.multiplicities = mult
+        self.n_resamples = int(mult.shape[0])
+        self._pxap = PxAP(num_thresholds)  # bins the values and computes each resample's PxAP
+        self.num_thresholds = self._pxap.num_thresholds
+        self.num_bins = self._pxap.num_bins
+        self.hist_pos = torch.zeros(self.n_resamples, self.num_bins, dtype=torch.int64)
+        self.hist_neg = torch.zeros(self.n_resamples, self.num_bins, dtype=torch.int64)
+        self._weights = torch.from_numpy(mult.astype(np.float64))
+
+    def reset(self) -> None:
+        """Start a new split with the same resamples."""
+        self.hist_pos.zero_()
+        self.hist_neg.zero_()
+
+    def merge(self, other: ResampledPxAP) -> None:
+        """Add another evaluator's histograms (another process's share of the same split)."""
+        if (other.num_thresholds != self.num_thresholds
+                or not np.array_equal(other.multiplicities, self.multiplicities)):
+            raise ValueError(
+                "cannot merge ResampledPxAP objects with different resamples or thresholds; "
+                "build both with the same n_images, n_resamples, seed and num_thresholds"
+            )
+        self.hist_pos += other.hist_pos.to(self.hist_pos.device)
+        self.hist_neg += other.hist_neg.to(self.hist_neg.device)
+
+    def update(self, maps: Tensor, masks: Tensor, indices: Tensor | Sequence[int],
+               ignore: Tensor | None = None) -> None:
+        """Add a batch of maps (B,H,W) in [0,1], GT masks and the images' split indices (B,).
+
+        ``indices`` are positions in the split (``batch["index"]``), in ``[0, n_images)``: they
+        pick each image's column of the multiplicity matrix.
+        """
+        if maps.ndim != 3 or maps.shape != masks.shape:
+            raise ValueError(
+                f"ResampledPxAP.update: expected maps and masks (B,H,W) of the same shape, got "
+                f"{tuple(maps.shape)} and {tuple(masks.shape)}"
+            )
+        if ignore is not None and ignore.shape != maps.shape:
+            raise ValueError(
+                f"ResampledPxAP.update: ignore {tuple(ignore.shape)} must have the maps' shape "
+                f"{tuple(maps.shape)}"
+            )
+        if not torch.is_floating_point(maps):
+            raise ValueError(f"ResampledPxAP.update: maps must be floating point, got {maps.dtype}")
+        idx = torch.as_tensor(indices).reshape(-1).long().cpu()
+        b = maps.shape[0]
+        if idx.numel() != b:
+            raise ValueError(
+                f"ResampledPxAP.update: {idx.numel()} indices for a batch of {b} maps; pass one "
+                "split index per image"
+            )
+        if b and (int(idx.min()) < 0 or int(idx.max()) >= self.n_images):
+            raise ValueError(
+                f"ResampledPxAP.update: image indices must lie in [0, {self.n_images}), got "
+                f"{int(idx.min())}..{int(idx.max())}; build it with n_images = len(dataset)"
+            )
+        device = maps.device
+        if self.hist_pos.device != device:
+            self.hist_pos = self.hist_pos.to(device)
+            self.hist_neg = self.hist_neg.to(device)
+        if maps.numel() == 0:
+            return
+        values = maps.detach()
+        lo, hi = torch.aminmax(values)
+        if not bool((lo >= 0) & (hi <= 1)):
+            raise ValueError(
+                "ResampledPxAP.update: maps must lie in [0, 1] without NaN; normalise them "
+                "(min-max or softmax) and apply nan_to_num before evaluation"
+            )
+        is_pos = masks.detach().to(device)
+        drop = None if ignore is None else ignore.detach().to(device)
+        counts = self._image_counts(values, is_pos, drop)  # (B, 2 * nb) int64
+        # float64 products are exact here (counts and multiplicities far below 2**53), and
+        # unlike int64 matmul they run on CUDA too
+        weights = self._weights[:, idx].to(device)
+        added = (weights @ counts.double()).round_().long()
+        nb = self.num_bins
+        self.hist_neg += added[:, :nb]
+        self.hist_pos += added[:, nb:]
+
+    def _image_counts(self, values: Tensor, is_pos: Tensor, drop: Tensor | None) -> Tensor:
+        """Per-image counts of (bin + nb * is_positive): one bincount per chunk of images."""
+        nb = self.num_bins
+        b = values.shape[0]
+        per_image = values[0].numel()
+        step = b
+        if values.device.type == "cpu":  # cache-sized chunks, as PxAP.update
+            step = max(1, _CPU_CHUNK // max(per_image, 1))
+        out = []
+        for start in range(0, b, step):
+            sl = slice(start, start + step)
+            n = values[sl].shape[0]
+            idx = self._pxap._bin_index(values[sl].reshape(-1))
+            pos = is_pos[sl].reshape(-1)
+            pos = pos if pos.dtype == torch.bool else pos != 0
+            idx.add_(pos.view(torch.uint8), alpha=nb)
+            offsets = torch.arange(n, device=idx.device, dtype=torch.int32) * (2 * nb)
+            idx = (idx.view(n, per_image) + offsets[:, None]).reshape(-1)
+            if drop is not None:
+                d = drop[sl].reshape(-1)
+                idx.masked_fill_(d if d.dtype == torch.bool else d != 0, 2 * nb * n)
+            out.append(_count(idx, 2 * nb * n + 1)[: 2 * nb * n].view(n, 2 * nb))
+        return torch.cat(out)
+
+    def compute(self) -> np.ndarray:
+        """PxAP (percent) of each resample, by :meth:`PxAP.compute`; NaN where no FG was drawn."""
+        scorer = PxAP(self.num_thresholds)
+        pos = self.hist_pos.cpu()
+        neg = self.hist_neg.cpu()
+        out = np.empty(self.n_resamples, dtype=np.float64)
+        for r in range(self.n_resamples):
+            scorer.hist_pos = pos[r].clone()
+            scorer.hist_neg = neg[r].clone()
+            out[r] = scorer.compute()
+        return out

@@ -9,7 +9,15 @@ import torch.nn.functional as F
 from scipy import stats
 from sklearn.metrics import average_precision_score
 
-from pixelcam.metrics import PxAP, accuracy, paired_ttest, pxap_edges, separability_j
+from pixelcam.metrics import (
+    PxAP,
+    ResampledPxAP,
+    accuracy,
+    bootstrap_multiplicities,
+    paired_ttest,
+    pxap_edges,
+    separability_j,
+)
 
 
 def _blobs(n: int, size: int, seed: int) -> torch.Tensor:
@@ -325,3 +333,99 @@ def test_empty_batch_adds_nothing() -> None:
     m = PxAP()
     m.update(torch.zeros(0, 4, 4), torch.zeros(0, 4, 4, dtype=torch.bool))
     assert int(m.hist_pos.sum()) == 0 and int(m.hist_neg.sum()) == 0
+
+
+# -- ResampledPxAP (Table 2's paired values) ------------------------------------------------
+
+
+def test_resampled_pxap_with_unit_multiplicities_is_pxap() -> None:
+    masks = _blobs(5, 32, seed=20)
+    maps = _noisy_maps(masks, seed=21)
+    ref = PxAP()
+    ref.update(maps, masks)
+    res = ResampledPxAP(5, multiplicities=np.ones((1, 5), dtype=np.int64))
+    res.update(maps[:2], masks[:2], torch.tensor([0, 1]))
+    res.update(maps[2:], masks[2:], [2, 3, 4])
+    assert torch.equal(res.hist_pos[0], ref.hist_pos)
+    assert torch.equal(res.hist_neg[0], ref.hist_neg)
+    out = res.compute()
+    assert out.shape == (1,) and out[0] == ref.compute()
+
+
+def test_bootstrap_multiplicities_are_seeded_draws() -> None:
+    a = bootstrap_multiplicities(80, 29, seed=0)
+    assert a.shape == (29, 80) and a.dtype == np.int64
+    assert (a.sum(axis=1) == 80).all() and (a >= 0).all()
+    assert np.array_equal(a, bootstrap_multiplicities(80, 29, seed=0))
+    assert not np.array_equal(a, bootstrap_multiplicities(80, 29, seed=1))
+    # same (n_images, seed) -> same resamples for two models
+    assert np.array_equal(ResampledPxAP(80).multiplicities, ResampledPxAP(80).multiplicities)
+    # a bootstrap of 80 leaves out about 1/e of the images
+    assert 0.25 < (a == 0).mean() < 0.50
+
+
+def test_resampled_pxap_hand_example() -> None:
+    # image 0 alone: scores 0.9(+) 0.6(-) 0.4(+) 0.1(-) -> AP = 0.5*1 + 0.5*(2/3) = 5/6
+    maps = torch.tensor([[[0.9, 0.6], [0.4, 0.1]],
+                         [[0.5, 0.5], [0.5, 0.5]],
+                         [[0.2, 0.3], [0.7, 0.8]]])
+    masks = torch.tensor([[[1, 0], [1, 0]],
+                          [[1, 1], [0, 0]],
+                          [[0, 0], [0, 0]]], dtype=torch.bool)
+    mult = np.array([[1, 0, 0], [2, 0, 0], [2, 1, 0], [0, 0, 3], [1, 1, 1]])
+    res = ResampledPxAP(3, multiplicities=mult)
+    res.update(maps[2:], masks[2:], [2])  # order of images and batches does not matter
+    res.update(maps[:2], masks[:2], [0, 1])
+    out = res.compute()
+    assert out[0] == pytest.approx(100 * 5 / 6, abs=1e-12)
+    assert out[1] == pytest.approx(100 * 5 / 6, abs=1e-12)  # duplicates scale both histograms
+    assert math.isnan(out[3])  # only image 2 drawn: no foreground, PxAP undefined
+    for r in (2, 4):
+        rep = torch.tensor(np.repeat(np.arange(3), mult[r]))
+        ref = PxAP()
+        ref.update(maps[rep], masks[rep])
+        assert torch.equal(res.hist_pos[r], ref.hist_pos)
+        assert torch.equal(res.hist_neg[r], ref.hist_neg)
+        assert out[r] == ref.compute()
+    # resample 2 = image 0 twice + image 1: positives 0.9 x2, 0.5 x2, 0.4 x2 vs negatives
+    # 0.6 x2, 0.5 x2, 0.1 x2 -> recall steps of 1/3 at precisions 1, 4/8, 6/10 -> AP = 0.7
+    assert out[2] == pytest.approx(70.0, abs=1e-12)
+
+
+def test_resampled_pxap_pairs_two_models_with_df_28() -> None:
+    masks = _blobs(12, 16, seed=22)
+    good = _noisy_maps(masks, seed=23)
+    bad = (0.5 * good + 0.5 * torch.rand(masks.shape, generator=torch.Generator().manual_seed(24)))
+    a, b = ResampledPxAP(12, seed=3), ResampledPxAP(12, seed=3)
+    a.update(good, masks, range(12))
+    b.update(bad, masks, range(12))
+    res = paired_ttest(a.compute(), b.compute())
+    assert res["df"] == 28 and res["n"] == 29
+    assert res["t"] > 0 and res["p"] < 1e-6
+
+
+def test_resampled_pxap_ignore_merge_and_errors() -> None:
+    masks = _blobs(4, 16, seed=25)
+    maps = _noisy_maps(masks, seed=26)
+    ignore = torch.zeros_like(masks)
+    ignore[:, :4] = True
+    ref = PxAP()
+    ref.update(maps, masks, ignore)
+    one = np.ones((2, 4), dtype=np.int64)
+    res = ResampledPxAP(4, multiplicities=one)
+    part = ResampledPxAP(4, multiplicities=one)
+    res.update(maps[:3], masks[:3], [0, 1, 2], ignore[:3])
+    part.update(maps[3:], masks[3:], [3], ignore[3:])
+    res.merge(part)
+    assert torch.equal(res.hist_pos[1], ref.hist_pos)
+    assert torch.equal(res.hist_neg[1], ref.hist_neg)
+    with pytest.raises(ValueError, match="different resamples"):
+        res.merge(ResampledPxAP(4, n_resamples=2))
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        res.update(maps[:1], masks[:1], [4])
+    with pytest.raises(ValueError, match="one split index per image"):
+        res.update(maps[:2], masks[:2], [0])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        res.update(maps[:1] + 1, masks[:1], [0])
+    with pytest.raises(ValueError, match="shape"):
+        ResampledPxAP(4, multiplicities=np.ones((2, 3)))
