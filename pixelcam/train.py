@@ -3,6 +3,11 @@
 Selection follows the official protocol (official-code-notes.md 5.4): every epoch, epoch 0 (before
 any update) included, the valcl accuracy (B-CL) and the valpx PxAP (B-LOC) are measured; ties go to
 the latest epoch. Each epoch ends with an atomic checkpoint of everything needed to resume.
+
+Under torchrun (pixelcam.distributed) the same fit() trains with DistributedDataParallel: each rank
+gets batch_size / N images of every global batch from a DistributedSampler, BatchNorm uses the
+global batch's statistics, rank 0 validates and its scores are broadcast so every rank selects the
+same epochs, and rank 0 alone writes files. A single process takes the unchanged path.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from pixelcam import distributed
 from pixelcam.atomic import read_back, save_torch, write_json
 from pixelcam.config import Config
 from pixelcam.evaluate import accuracy_only, eval_loader, evaluate_split
@@ -46,13 +53,24 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def train_loader(dataset: Dataset, cfg: Config, device: torch.device, seed: int) -> DataLoader:
+    """Shuffled batches of `batch_size`; under torchrun this rank's share of each global batch.
+
+    The DistributedSampler shuffles with the config seed (the same order on every rank, reset by
+    `set_epoch`); `seed` only seeds the loader's workers.
+    """
     gen = torch.Generator()
     gen.manual_seed(seed)
-    return DataLoader(
-        dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
-        generator=gen, worker_init_fn=_seed_worker, pin_memory=device.type == "cuda",
-        persistent_workers=cfg.num_workers > 0, drop_last=False,
+    common: dict[str, Any] = dict(
+        num_workers=cfg.num_workers, generator=gen, worker_init_fn=_seed_worker,
+        pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0, drop_last=False,
     )
+    if not distributed.initialized():
+        return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, **common)
+    world = distributed.world_size()
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=distributed.rank(),
+                                 shuffle=True, seed=cfg.seed, drop_last=False)
+    return DataLoader(dataset, batch_size=distributed.local_batch_size(cfg.batch_size, world),
+                      sampler=sampler, **common)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.SGD:
@@ -123,7 +141,8 @@ def baseline_objective(model: WSOLModel, batch: dict[str, torch.Tensor], cfg: Co
     loss = F.cross_entropy(out.logits.float(), y)
     parts = {"loss_cl": loss.detach()}
     if cfg.method == "sat":  # dropped in the PixelCAM phase, as in the official code
-        for name, term in sat_losses(model.last_map.float()).items():
+        last_map = distributed.unwrap(model).last_map  # model may be DDP- or compile-wrapped
+        for name, term in sat_losses(last_map.float()).items():
             loss = loss + term
             parts[name] = term.detach()
     return loss, parts
@@ -190,38 +209,88 @@ def _train_epoch(model: WSOLModel, loader: DataLoader, opt: torch.optim.Optimize
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return {name: float(total) / max(batches, 1) for name, total in sums.items()}
+    if distributed.world_size() == 1:
+        return {name: float(total) / max(batches, 1) for name, total in sums.items()}
+    # every rank runs as many batches (DistributedSampler pads): the mean of the rank means
+    names = sorted(sums)
+    if not names:
+        return {}
+    means = torch.stack([torch.as_tensor(sums[n], dtype=torch.float32) for n in names])
+    means = distributed.all_reduce_mean(means / max(batches, 1)).tolist()
+    return dict(zip(names, means))
 
 
 def _validate(model: WSOLModel, valcl: DataLoader, valpx: DataLoader, phase: PhaseSpec,
               device: torch.device) -> dict[str, float]:
-    acc = accuracy_only(model, valcl, device) if phase.classifies else float("nan")
-    loc = evaluate_split(model, valpx, phase.map_method, device, with_per_image=False)
-    return {"valcl_accuracy": acc, "valpx_pxap": loc.pxap}
+    """Selection scores; under torchrun rank 0 measures them and every rank gets its numbers."""
+    scores = None
+    if distributed.is_main():
+        acc = accuracy_only(model, valcl, device) if phase.classifies else float("nan")
+        loc = evaluate_split(model, valpx, phase.map_method, device, with_per_image=False,
+                             resamples=0)
+        scores = {"valcl_accuracy": acc, "valpx_pxap": loc.pxap}
+    return distributed.broadcast(scores)
+
+
+def _rng_states(gen: torch.Generator, loader: DataLoader) -> dict[str, Any]:
+    return {"sampler_rng": gen.get_state(), "loader_rng": loader.generator.get_state(),
+            "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+            "numpy_rng": np.random.get_state()}
+
+
+def _restore_rng(state: dict[str, Any], gen: torch.Generator, loader: DataLoader,
+                 device: torch.device) -> None:
+    gen.set_state(state["sampler_rng"].to(gen.device) if device.type == "cpu"
+                  else state["sampler_rng"])
+    loader.generator.set_state(state["loader_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(state["python_rng"])
+    np.random.set_state(state["numpy_rng"])
+
+
+def _training_module(model: torch.nn.Module, cfg: Config,
+                     device: torch.device) -> torch.nn.Module:
+    """What the training step calls: DDP across ranks, torch.compile'd if asked; the weights
+    stay those of `model`, which validation and checkpoints use directly."""
+    net = model
+    if distributed.world_size() > 1:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                      else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    return net
 
 
 def fit(model: WSOLModel, cfg: Config, phase: PhaseSpec, *, train_ds: Dataset, valcl_ds: Dataset,
         valpx_ds: Dataset, out_dir: Path, device: torch.device,
         log: Callable[[str], None] = print) -> FitResult:
-    """Train one phase, keep the B-LOC and B-CL weights, resume from `state.pt` if present."""
+    """Train one phase, keep the B-LOC and B-CL weights, resume from `state.pt` if present.
+
+    Under torchrun every rank calls this with the same arguments (see the module docstring).
+    """
+    device = distributed.init(device)  # cuda:LOCAL_RANK under torchrun; unchanged otherwise
+    world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
+    log = distributed.quiet_unless_main(log)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
     state_path = out_dir / "state.pt"
 
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed + rank)  # dropout and augmentation differ between ranks
     if device.type == "cpu":  # CPU runs are bitwise repeatable; warn (not fail) on a missing kernel
         torch.use_deterministic_algorithms(True, warn_only=True)
     model.to(device)
     if device.type == "cuda" and "resnet" in cfg.backbone:
         model.to(memory_format=torch.channels_last)
+    if world > 1:  # N ranks of batch_size / N normalise like one batch of batch_size
+        model = distributed.sync_batchnorm(model, device)
     opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg)
-    loader = train_loader(train_ds, cfg, device, cfg.seed)
+    loader = train_loader(train_ds, cfg, device, cfg.seed + rank)
     valcl = eval_loader(valcl_ds, cfg.eval_batch_size, cfg.num_workers, device)
     valpx = eval_loader(valpx_ds, cfg.eval_batch_size, cfg.num_workers, device)
     gen = torch.Generator(device=device)
-    gen.manual_seed(cfg.seed + 1)
+    gen.manual_seed(cfg.seed + 1 + rank)
 
     result = FitResult()
     best_score = {"b-loc": -1.0, "b-cl": -1.0}
@@ -234,21 +303,23 @@ def fit(model: WSOLModel, cfg: Config, phase: PhaseSpec, *, train_ds: Dataset, v
         result.history = state["history"]
         result.best = state["best"]
         best_score = state["best_score"]
-        gen.set_state(state["sampler_rng"].to(gen.device) if device.type == "cpu"
-                      else state["sampler_rng"])
-        loader.generator.set_state(state["loader_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(state["python_rng"])
-        np.random.set_state(state["numpy_rng"])
+        ranks = state.get("ranks")  # per-rank generators of a torchrun run
+        if world > 1 and ranks is not None and len(ranks) == world:
+            _restore_rng(ranks[rank], gen, loader, device)
+        else:
+            _restore_rng(state, gen, loader, device)
         start_epoch = state["epoch"] + 1
         result.resumed_from = state["epoch"]
         log(f"[{phase.name}] resuming after epoch {state['epoch']}")
+    net = _training_module(model, cfg, device)  # DDP's constructor also syncs the ranks
 
     t0 = time.perf_counter()
     for epoch in range(start_epoch, phase.epochs + 1):
         row: dict[str, Any] = {"epoch": epoch, "lr": opt.param_groups[0]["lr"]}
         if epoch > 0:
-            row.update(_train_epoch(model, loader, opt, cfg, phase, device, gen))
+            if isinstance(loader.sampler, DistributedSampler):
+                loader.sampler.set_epoch(epoch)
+            row.update(_train_epoch(net, loader, opt, cfg, phase, device, gen))
             sched.step()
         row.update(_validate(model, valcl, valpx, phase, device))
         result.history.append(row)
@@ -257,17 +328,24 @@ def fit(model: WSOLModel, cfg: Config, phase: PhaseSpec, *, train_ds: Dataset, v
             if score >= best_score[name]:  # ties go to the latest epoch
                 best_score[name] = score
                 result.best[name] = epoch
-                save_torch(model.state_dict(), ckpt_dir / f"{name}.pt")
+                if main:
+                    save_torch(model.state_dict(), ckpt_dir / f"{name}.pt")
         losses = " ".join(f"{k} {v:.3f}" for k, v in row.items() if k.startswith("loss_"))
         log(f"[{phase.name}] epoch {epoch:3d}/{phase.epochs} {losses} "
             f"valcl acc {row['valcl_accuracy']:.1f} valpx PxAP {row['valpx_pxap']:.1f}")
-        save_torch({
-            "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "history": result.history, "best": result.best,
-            "best_score": best_score, "sampler_rng": gen.get_state(),
-            "loader_rng": loader.generator.get_state(), "torch_rng": torch.get_rng_state(),
-            "python_rng": random.getstate(), "numpy_rng": np.random.get_state(),
-        }, state_path)
+        rngs = _rng_states(gen, loader)
+        ranks = distributed.gather(rngs) if world > 1 else None
+        if main:
+            state = {
+                "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "history": result.history, "best": result.best,
+                "best_score": best_score, **rngs,
+            }
+            if ranks is not None:
+                state["ranks"] = ranks
+            save_torch(state, state_path)
     result.seconds = time.perf_counter() - t0
-    write_json(out_dir / "history.json", {"history": result.history, "best": result.best})
+    if main:
+        write_json(out_dir / "history.json", {"history": result.history, "best": result.best})
+    distributed.barrier()  # the checkpoints exist before any rank goes on to read them
     return result
