@@ -20,16 +20,25 @@ def cmd_reports(args: argparse.Namespace) -> int:
 
     return run_reports(args.profile, Path(args.root).resolve(), only=args.only,
                        overrides=_overrides(args.param), cell_timeout=args.cell_timeout,
-                       outputs=Path(args.outputs).resolve() if args.outputs else None)
+                       outputs=Path(args.outputs).resolve() if args.outputs else None,
+                       shard_spec=args.shard)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from pixelcam import distributed
+    from pixelcam.evaluate import resolve_device
     from pixelcam.report import main_table
     from pixelcam.runs import get_or_train
 
     cfg = load_config(args.params, _overrides(args.param))
-    runs = get_or_train(cfg)
-    print(main_table([runs["baseline"], runs["pixelcam"]], cfg).to_string())
+    # under torchrun every rank runs this command; rank 0 alone prints and writes
+    distributed.init(resolve_device(cfg.device))
+    try:
+        runs = get_or_train(cfg, log=distributed.quiet_unless_main(print))
+        if distributed.is_main():
+            print(main_table([runs["baseline"], runs["pixelcam"]], cfg).to_string())
+    finally:
+        distributed.shutdown()
     return 0
 
 
@@ -114,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--root", default=".", help="project folder holding notebooks/ and params/")
     rep.add_argument("--outputs", help="folder for the reports (default: <root>/outputs)")
     rep.add_argument("--cell-timeout", type=int, default=3600, help="seconds per notebook cell")
+    rep.add_argument("--shard", metavar="I/N",
+                     help="run notebooks I, I+N, I+2N, ... only (1 <= I <= N), e.g. one per GPU "
+                          "or SLURM array task; the run cache and its locks are shared")
     rep.set_defaults(func=cmd_reports)
 
     tr = sub.add_parser("train", help="train (or reuse) a baseline and its PixelCAM model")

@@ -6,9 +6,10 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,12 @@ class Config:
     """
 
     # --- data -----------------------------------------------------------------------------
-    dataset: str = "glas"  # name used for the paper columns: glas | camelyon16 | synthetic
-    data_root: str = "synthetic"  # folder image ids are relative to; "synthetic" = embedded default
+    # the paper dataset this run stands for (its columns in the tables); with data_root
+    # "synthetic" it also picks the embedded look-alike (GlaS-like glands, CAMELYON16-like nodes)
+    dataset: str = "glas"
+    # folder image ids are relative to; "synthetic" = the embedded default; "" = take it from the
+    # environment variable PIXELCAM_<DATASET>_ROOT (e.g. PIXELCAM_GLAS_ROOT), else an error
+    data_root: str = "synthetic"
     fold_dir: str = ""  # folder with train/valcl/valpx/test; "" = <data_root>/folds/fold-0
     synthetic_n_train: int = 60
     synthetic_n_valcl: int = 16
@@ -77,6 +82,9 @@ class Config:
     cam_checkpoint: str = "b-loc"  # baseline checkpoint whose CAMs seed PixelCAM (Table 14)
     init_checkpoint: str = "b-cl"  # baseline checkpoint PixelCAM starts from (official README)
     low_res: bool = False  # True: CE at feature resolution on a downsampled CAM
+    # "" = pseudo-labels from the baseline trained on this dataset; glas | camelyon16 = from the
+    # baseline trained on that (external) dataset, which also initialises PixelCAM (Table 18)
+    cam_source: str = ""
     pixel_loss_rows: str = "all"  # all | positive (CAMELYON with neg_samples_partial False)
 
     # --- evaluation and runtime (do not change results; not hashed) ---------------------
@@ -84,6 +92,9 @@ class Config:
     eval_batch_size: int = 64
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision on CUDA only; CPU always fp32
+    # torch.compile the training forward: faster steps after a one-off compile; same results up to
+    # float tolerance (fused kernels round differently), hence not hashed
+    compile: bool = False
     num_workers: int = 0
     cache_dir: str = ".cache/pixelcam"
     figure_images: int = 4  # images per class in map grids
@@ -91,6 +102,20 @@ class Config:
     table_methods: str = "layercam"
     table_negev: bool = False
     table_unet: bool = False
+    # datasets a notebook covers (comma-separated; "" = just `dataset`); per-dataset overrides of
+    # any other key live in the `glas:` and `camelyon16:` mappings (e.g. epochs, data_root)
+    datasets: str = ""
+    glas: dict[str, Any] = field(default_factory=dict)
+    camelyon16: dict[str, Any] = field(default_factory=dict)
+    # notebook sweeps (comma-separated values) and figure settings
+    backbones: str = "vgg16,inception_v3"  # notebook 10 (Tables 7-10)
+    n_values: str = "1,5,10,20"
+    lam_values: str = "1,0.5,0.1,0.01,0.001"
+    stain_levels: int = 10
+    stain_levels_file: str = ""  # a frozen stain-levels JSON; "" = fit once and keep in the cache
+    ttest_resamples: int = 29  # bootstrap resamples of the test set for the paired t-test
+    tsne_images: int = 3  # images per class in the t-SNE figures
+    tsne_pixels: int = 400  # pixel features per image in a t-SNE panel
 
     def __post_init__(self) -> None:
         _check_choices(self)
@@ -101,6 +126,18 @@ class Config:
         if self.method == "gradcampp" and self.gradcampp_variant == "official":
             return "gradcampp_official"
         return self.method
+
+    @property
+    def dataset_names(self) -> list[str]:
+        """The datasets a notebook covers, in the paper's column order."""
+        names = [d.strip() for d in self.datasets.split(",") if d.strip()]
+        return names or [self.dataset]
+
+    def for_dataset(self, name: str) -> Config:
+        """This config on another dataset, with that dataset's overrides applied."""
+        if name not in DATASETS:
+            raise ConfigError(f"dataset {name!r} is not valid: use one of {', '.join(DATASETS)}")
+        return self.replace(dataset=name, **getattr(self, name))
 
     @property
     def methods(self) -> list[str]:
@@ -115,10 +152,13 @@ class Config:
         return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> Config:
-        return load_config(None, {**self.to_dict(), **changes})
+        return load_config(None, {**self.to_dict(), **changes}, check_datasets=False)
 
 
+DATASETS = ("glas", "camelyon16")
 CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": DATASETS,
+    "cam_source": ("",) + DATASETS,
     "method": ("layercam", "gradcampp", "deepmil", "cam", "sat"),
     "gradcampp_variant": ("official", "paper"),
     "pixel_head": ("linear", "multi_layer"),
@@ -133,14 +173,16 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # Keys that never change a trained model or its numbers: left out of the run hashes.
 RUNTIME_KEYS = frozenset(
     {"select", "eval_batch_size", "device", "num_workers", "cache_dir", "figure_images",
-     "table_methods", "table_negev", "table_unet"}
+     "table_methods", "table_negev", "table_unet", "datasets", "glas", "camelyon16",
+     "backbones", "n_values", "lam_values", "stain_levels", "stain_levels_file", "ttest_resamples",
+     "tsne_images", "tsne_pixels", "compile"}
 )
 # Keys that only the PixelCAM phase reads: a baseline is shared by every value of these.
 PIXELCAM_KEYS = frozenset(
     {"pixelcam_epochs", "pixel_head", "seeder", "n_fg", "n_bg", "min_p", "bg_mode", "lam",
-     "cam_checkpoint", "init_checkpoint", "low_res", "pixel_loss_rows"}
+     "cam_checkpoint", "init_checkpoint", "low_res", "pixel_loss_rows", "cam_source"}
 )
-HASH_VERSION = 1  # bump when training code changes what a config produces
+HASH_VERSION = 2  # bump when training code changes what a config produces
 
 
 # (low, high, low inclusive, high inclusive) for every bounded number; None = unbounded
@@ -161,6 +203,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "synthetic_n_valpx_per_class": (1, None, True, True),
     "synthetic_width": (32, None, True, True), "synthetic_height": (32, None, True, True),
     "synthetic_seed": (0, None, True, True),
+    "stain_levels": (1, None, True, True), "ttest_resamples": (0, None, True, True),
+    "tsne_images": (1, None, True, True), "tsne_pixels": (10, None, True, True),
 }
 
 
@@ -247,9 +291,45 @@ def _coerce(key: str, value: Any, kind: type, source: str) -> Any:
             return str(value).lower()
         if isinstance(value, (str, int, float)):
             return str(value)
+    elif typing.get_origin(kind) is dict:  # a per-dataset block: flat key: value overrides
+        if value is None:
+            return {}
+        if isinstance(value, Mapping):
+            return _coerce_block(key, value, source)
     raise ConfigError(
         f"{source}: {key}={value!r} should be of type {kind.__name__}"
     )
+
+
+BLOCK_FORBIDDEN = frozenset({"dataset", "datasets", *DATASETS})
+
+
+def _coerce_block(name: str, block: Mapping[str, Any], source: str) -> dict[str, Any]:
+    types_ = _field_types()
+    out: dict[str, Any] = {}
+    for key, value in block.items():
+        if key in BLOCK_FORBIDDEN or key not in types_:
+            valid = [k for k in valid_keys() if k not in BLOCK_FORBIDDEN]
+            raise ConfigError(
+                f"{source}: {name}.{key} is not a key a per-dataset block can set; valid keys "
+                f"are: {', '.join(valid)}")
+        out[key] = _coerce(f"{name}.{key}", value, types_[key], source)
+    return out
+
+
+def _resolve_data_root(values: dict[str, Any], source: str) -> None:
+    """data_root "" means: take it from PIXELCAM_<DATASET>_ROOT, else stop with the fix."""
+    if values.get("data_root", Config.data_root) != "":
+        return
+    name = values.get("dataset", Config.dataset)
+    var = f"PIXELCAM_{str(name).upper()}_ROOT"
+    root = os.environ.get(var, "")
+    if not root:
+        raise ConfigError(
+            f"{source}: no data for {name}: prepare it once with `pixelcam data prepare {name} "
+            f"--src <the unpacked download> --out <folder>`, then `export {var}=<folder>` or "
+            f"pass `-p {name}.data_root=<folder>` (or `-p data_root=<folder>`)")
+    values["data_root"] = root
 
 
 def valid_keys() -> list[str]:
@@ -257,7 +337,8 @@ def valid_keys() -> list[str]:
 
 
 def load_config(path: str | Path | None = None,
-                overrides: Mapping[str, Any] | None = None) -> Config:
+                overrides: Mapping[str, Any] | None = None, *,
+                check_datasets: bool = True) -> Config:
     """Build a Config from a flat YAML file plus overrides; unknown keys, bad types are errors."""
     values: dict[str, Any] = {}
     source = "overrides"
@@ -283,12 +364,27 @@ def load_config(path: str | Path | None = None,
     types_ = _field_types()
     clean: dict[str, Any] = {}
     for key, value, src in merged:
+        block, _, inner = key.partition(".")
+        if inner and block in DATASETS:  # `-p camelyon16.epochs=20` edits one block entry
+            update = _coerce_block(block, {inner: value}, src)
+            clean[block] = {**clean.get(block, {}), **update}
+            continue
         if key not in types_:
             raise ConfigError(
                 f"{src}: unknown key {key!r}; valid keys are: {', '.join(valid_keys())}"
             )
         clean[key] = _coerce(key, value, types_[key], src)
-    return Config(**clean)
+    if clean.get("cam_source") == clean.get("dataset", Config.dataset):
+        clean["cam_source"] = ""  # pseudo-labels from the same dataset: one spelling, one hash
+    _resolve_data_root(clean, source)
+    cfg = Config(**clean)
+    if check_datasets:  # every dataset a notebook covers must be usable before it starts
+        for name in cfg.dataset_names:
+            if name not in DATASETS:
+                raise ConfigError(f"{source}: datasets names {name!r}: use a comma-separated "
+                                  f"list of {', '.join(DATASETS)}")
+            cfg.for_dataset(name)
+    return cfg
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -313,6 +409,8 @@ def baseline_key(cfg: Config) -> str:
 def pixelcam_key(cfg: Config) -> str:
     d = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS}
     d["pixelcam_epochs"] = cfg.total_pixelcam_epochs
+    if cfg.cam_source:  # external pseudo-labels: the other dataset's baseline is an input too
+        d["cam_source_baseline"] = baseline_key(cfg.for_dataset(cfg.cam_source))
     return _digest({"v": HASH_VERSION, "stage": "pixelcam", **d})
 
 

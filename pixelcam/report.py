@@ -17,13 +17,14 @@ from pixelcam.config import Config
 from pixelcam.evaluate import resolve_device, to_image
 from pixelcam.models.cams import compute_maps
 from pixelcam.provenance import provenance
-from pixelcam.runs import Run, dataset
+from pixelcam.runs import Run, dataset, with_data_of
 
 PAPER_DIR = Path(__file__).with_name("paper")
 METHOD_NAMES = {"layercam": "LayerCAM", "gradcampp": "GradCAM++", "deepmil": "DeepMIL",
                 "cam": "CAM", "sat": "SAT"}
-# The synthetic default imitates GlaS (glands in both classes), so its tables sit beside GlaS.
-PAPER_DATASET = {"glas": "glas", "camelyon16": "camelyon16", "synthetic": "glas"}
+DATASET_NAMES = {"glas": "GlaS", "camelyon16": "CAMELYON16"}
+CLASS_NAMES = {"glas": {0: "benign", 1: "malignant"}, "camelyon16": {0: "normal", 1: "tumour"}}
+METRIC_NAMES = {"pxap": "PxAP", "cl": "CL", "t": "t", "p": "p", "df": "df"}
 
 
 def paper_table(name: str) -> dict[str, Any]:
@@ -31,6 +32,13 @@ def paper_table(name: str) -> dict[str, Any]:
     raw = yaml.safe_load((PAPER_DIR / f"{name}.yaml").read_text())
     rows = {m: dict(zip(raw["columns"], vals)) for m, vals in raw["rows"].items()}
     return {"caption": raw["caption"], "columns": raw["columns"], "rows": rows}
+
+
+def paper_rows(table: str, prefix: str) -> dict[str, dict[str, Any]]:
+    """The paper's rows restricted to the columns `<prefix>_*`, with the prefix removed."""
+    cut = f"{prefix}_"
+    return {label: {k[len(cut):]: v for k, v in row.items() if k.startswith(cut)}
+            for label, row in paper_table(table)["rows"].items()}
 
 
 def method_label(run: Run) -> str:
@@ -42,8 +50,13 @@ def method_label(run: Run) -> str:
     return base + suffix
 
 
-def paper_dataset(cfg: Config) -> str:
-    return PAPER_DATASET.get(cfg.dataset, cfg.dataset)
+def data_note(cfg: Config) -> str:
+    """One line that says what the run's numbers stand for."""
+    name = DATASET_NAMES[cfg.dataset]
+    if cfg.data_root == "synthetic":
+        return (f"**{name}-like synthetic data** (embedded default): the paper's {name} numbers "
+                "are shown for reference only; the two are not comparable.")
+    return f"**{name}** from `{cfg.data_root}`."
 
 
 def _delta(run_value: float | None, paper_value: float | None) -> float | None:
@@ -52,38 +65,55 @@ def _delta(run_value: float | None, paper_value: float | None) -> float | None:
     return round(run_value - paper_value, 1)
 
 
-def _rows(runs: list[Run], cfg: Config, table: str, checkpoint: str | None
-          ) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """(row label, the paper's row for cfg's dataset, this run's test results) per run."""
-    paper = paper_table(table)["rows"]
-    prefix = f"{paper_dataset(cfg)}_"
-    out = []
-    for run in runs:
-        label = method_label(run)
-        ref = {k[len(prefix):]: v for k, v in paper.get(label, {}).items() if k.startswith(prefix)}
-        out.append((label, ref, run.test(checkpoint or cfg.select)))
-    return out
+def _value(x: Any, digits: int) -> Any:
+    if x is None or isinstance(x, str):
+        return x
+    x = float(x)
+    return None if np.isnan(x) else round(x, digits)
 
 
-def main_table(runs: list[Run], cfg: Config, checkpoint: str | None = None) -> pd.DataFrame:
-    """Table 1 rows for these runs: PxAP and CL, paper | this run | difference."""
+def scores(test: dict[str, Any]) -> dict[str, float]:
+    """A test-result dict (results.json) as the paper's PxAP and CL columns."""
+    return {"pxap": test["pxap"], "cl": test["accuracy"]}
+
+
+def comparison(entries: list[tuple[str, dict[str, Any]]], table: str, prefix: str,
+               metrics: tuple[str, ...] = ("pxap", "cl"), digits: int = 1,
+               paper_label: dict[str, str] | None = None) -> pd.DataFrame:
+    """Paper | this run | difference for each metric, one row per (label, values) entry.
+
+    `prefix` picks the paper's columns (e.g. "glas", or "glas_external" in Table 18);
+    `paper_label` maps a row label to a different row of the paper's table.
+    """
+    paper = paper_rows(table, prefix)
     rows = []
-    for label, ref, test in _rows(runs, cfg, "table1", checkpoint):
-        pxap = round(test["pxap"], 1)
-        cl = None if np.isnan(test["accuracy"]) else round(test["accuracy"], 1)
-        rows.append({
-            "Method": label,
-            "PxAP paper": ref.get("pxap"), "PxAP run": pxap,
-            "PxAP diff": _delta(pxap, ref.get("pxap")),
-            "CL paper": ref.get("cl"), "CL run": cl, "CL diff": _delta(cl, ref.get("cl")),
-        })
+    for label, values in entries:
+        ref = paper.get((paper_label or {}).get(label, label), {})
+        row: dict[str, Any] = {"Method": label}
+        for m in metrics:
+            name = METRIC_NAMES.get(m, m)
+            run_value = _value(values.get(m), digits)
+            row[f"{name} paper"] = ref.get(m)
+            row[f"{name} run"] = run_value
+            row[f"{name} diff"] = _delta(run_value, ref.get(m))
+        rows.append(row)
     return pd.DataFrame(rows).set_index("Method")
+
+
+def main_table(runs: list[Run], cfg: Config, checkpoint: str | None = None,
+               table: str = "table1") -> pd.DataFrame:
+    """Table 1 rows for these runs: PxAP and CL, paper | this run | difference."""
+    entries = [(method_label(run), scores(run.test(checkpoint or cfg.select))) for run in runs]
+    return comparison(entries, table, cfg.dataset)
 
 
 def rates_table(runs: list[Run], cfg: Config, checkpoint: str | None = None) -> pd.DataFrame:
     """Table 6 rows: TP*/FN*/TN*/FP* at the test-oracle threshold (as the paper) and at valpx's."""
+    paper = paper_rows("table6", cfg.dataset)
     rows = []
-    for label, ref, test in _rows(runs, cfg, "table6", checkpoint):
+    for run in runs:
+        label, test = method_label(run), run.test(checkpoint or cfg.select)
+        ref = paper.get(label, {})
         for source, rates in (("paper", None), ("run, test-oracle threshold", test["rates"]),
                               ("run, valpx threshold", test["rates_valpx_threshold"])):
             row: dict[str, Any] = {"Method": label, "Source": source}
@@ -103,30 +133,33 @@ def pick_images(labels: list[int], per_class: int) -> list[int]:
 
 
 def map_grid(runs: list[Run], cfg: Config, checkpoint: str | None = None,
-             per_class: int | None = None, split: str = "test") -> plt.Figure:
-    """Figure-2-style grid: image, ground truth, then each run's map on the same test images.
+             per_class: int | None = None, split: str = "test", labels: list[int] | None = None,
+             titles: list[str] | None = None) -> plt.Figure:
+    """Figure-2-style grid: image, ground truth, then each run's map on cfg's test images.
 
-    Each run sees the images at its own input size (SAT: 224); maps are shown at cfg's size.
+    cfg's data may be another dataset than the runs were trained on (OOD figures). Each run sees
+    the images at its own input size (SAT: 224); maps are shown at cfg's size.
     """
     checkpoint = checkpoint or cfg.select
     per_class = per_class or cfg.figure_images
     device = resolve_device(cfg.device)
     ds = dataset(cfg, split)
-    idx = pick_images([r.label for r in ds.records], per_class)
+    all_labels = [r.label for r in ds.records]
+    idx = [i for i in pick_images(all_labels, per_class)
+           if labels is None or all_labels[i] in labels]
     items = [ds[i] for i in idx]
     size = (cfg.image_size, cfg.image_size)
     y = torch.tensor([int(it["label"]) for it in items], device=device)
     maps = []
     for run in runs:
-        run_ds = dataset(run.config, split)
+        run_ds = dataset(with_data_of(run.config, cfg), split)
         x = torch.stack([run_ds[i]["image"] for i in idx]).to(device)
         model = run.load_model(checkpoint, device)
         maps.append(compute_maps(run.map_method, model, x, y, size=size).cpu())
-    titles = ["Image", "Ground truth"] + [method_label(run) for run in runs]
+    titles = ["Image", "Ground truth"] + (titles or [method_label(run) for run in runs])
     fig, axes = plt.subplots(len(idx), len(titles), figsize=(2.1 * len(titles), 2.1 * len(idx)),
                              squeeze=False)
-    names = {0: "benign", 1: "malignant"} if paper_dataset(cfg) == "glas" else {0: "normal",
-                                                                              1: "tumour"}
+    names = CLASS_NAMES[cfg.dataset]
     for r, item in enumerate(items):
         image = to_image(item["image"])
         panels = [image, item["mask"].numpy()] + [m[r].numpy() for m in maps]
@@ -165,6 +198,20 @@ def write_results(output_dir: str | Path, cfg: Config, started: float, *,
     path = out / "results.json"
     write_json(path, payload)
     return path
+
+
+def provenance_markdown(results_path: str | Path) -> str:
+    """The provenance block of a notebook's results.json and the runs it used, as Markdown."""
+    import json
+
+    payload = json.loads(Path(results_path).read_text())
+    lines = [f"- **{k}**: {v}" for k, v in payload["provenance"].items() if k != "params"]
+    runs = payload.get("runs", {})
+    if runs:
+        lines.append("\nRuns: " + ", ".join(
+            f"{name} `{info['dir']}` ({'reused' if info['reused'] else 'trained now'})"
+            for name, info in runs.items()))
+    return "\n".join(lines)
 
 
 def history_plot(runs: list[Run]) -> plt.Figure:

@@ -6,6 +6,7 @@ and the batch exits non-zero at the end.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import time
@@ -39,6 +40,22 @@ def discover(notebooks_dir: Path, only: list[str] | None = None) -> list[Path]:
     if only:
         found = [p for p in found if any(p.stem.startswith(o) for o in only)]
     return found
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`i/N` (1 <= i <= N): this process runs notebooks i, i+N, i+2N, ... of the list."""
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        i, n = 0, 0
+    if n < 1 or not 1 <= i <= n:
+        raise ConfigError(f"--shard {text!r} is not valid: use i/N with 1 <= i <= N, e.g. 2/4 "
+                          "(a SLURM array can pass $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
+    return i, n
+
+
+def shard(notebooks: list[Path], i: int, n: int) -> list[Path]:
+    return notebooks[i - 1::n]
 
 
 def render_html(executed: Path, target: Path) -> None:
@@ -84,7 +101,9 @@ def run_notebook(notebook: Path, params_file: Path, out_dir: Path, profile: str,
     except (ConfigError, yaml.YAMLError) as exc:
         msg = f"{params_file}: {exc}".splitlines()[0]
         log(f"[{name}] bad params: {msg}")
-        return NotebookResult(name, "bad params", time.perf_counter() - t0, error=msg)
+        result = NotebookResult(name, "bad params", time.perf_counter() - t0, error=msg)
+        write_status(out_dir, result)
+        return result
 
     executed = out_dir / f"{name}.ipynb"
     status, error = "ok", ""
@@ -104,8 +123,28 @@ def run_notebook(notebook: Path, params_file: Path, out_dir: Path, profile: str,
     headline = None
     if status == "ok" and stale.exists():
         headline = json.loads(stale.read_text()).get("headline")
-    return NotebookResult(name, status, time.perf_counter() - t0, error,
-                          html_path.name if html_path.exists() else "", headline)
+    result = NotebookResult(name, status, time.perf_counter() - t0, error,
+                            html_path.name if html_path.exists() else "", headline)
+    write_status(out_dir, result)
+    return result
+
+
+def write_status(out_dir: Path, result: NotebookResult) -> None:
+    """Each notebook's outcome beside its report, so shards build one index together."""
+    write_text(out_dir / f"{result.name}.status.json",
+               json.dumps(dataclasses.asdict(result), indent=1, default=str))
+
+
+def read_statuses(out_dir: Path, names: list[str]) -> list[NotebookResult]:
+    """The last outcome of each notebook (from any shard); "not run" where there is none."""
+    results = []
+    for name in names:
+        path = out_dir / f"{name}.status.json"
+        try:
+            results.append(NotebookResult(**json.loads(path.read_text())))
+        except (OSError, ValueError, TypeError):
+            results.append(NotebookResult(name, "not run", 0.0))
+    return results
 
 
 def _fmt_headline(headline: Mapping[str, Any] | None) -> str:
@@ -124,11 +163,17 @@ def write_index(out_dir: Path, results: list[NotebookResult], profile: str) -> P
     for r in results:
         link = f'<a href="{html.escape(r.html)}">{html.escape(r.name)}</a>' if r.html else \
             html.escape(r.name)
+        files = []
+        for label, rel in (("notebook", f"{r.name}.ipynb"),
+                           ("results.json", f"{r.name}/results.json")):
+            if (out_dir / rel).exists():
+                files.append(f'<a href="{html.escape(rel)}">{label}</a>')
         css = "ok" if r.status == "ok" else "bad"
         err = f'<div class="err">{html.escape(r.error)}</div>' if r.error else ""
         rows.append(
             f"<tr><td>{link}</td><td class='{css}'>{html.escape(r.status)}{err}</td>"
-            f"<td>{r.seconds:.0f} s</td><td>{_fmt_headline(r.headline)}</td></tr>"
+            f"<td>{r.seconds:.0f} s</td><td>{_fmt_headline(r.headline)}</td>"
+            f"<td>{' · '.join(files)}</td></tr>"
         )
     stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     page = f"""<!DOCTYPE html>
@@ -140,7 +185,8 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding
 </style></head><body>
 <h1>PixelCAM reproduction: {html.escape(profile)} profile</h1>
 <p>Generated {stamp}. Each report shows the paper's numbers beside this run's.</p>
-<table><tr><th>Notebook</th><th>Status</th><th>Duration</th><th>Headline</th></tr>
+<p>Total notebook time: {sum(r.seconds for r in results) / 60:.1f} min.</p>
+<table><tr><th>Report</th><th>Status</th><th>Duration</th><th>Headline</th><th>Files</th></tr>
 {chr(10).join(rows)}
 </table></body></html>
 """
@@ -151,20 +197,28 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding
 
 def run_reports(profile: str, root: Path, only: list[str] | None = None,
                 overrides: Mapping[str, Any] | None = None, outputs: Path | None = None,
-                cell_timeout: int = 3600, log: Callable[[str], None] = print) -> int:
-    """Run every notebook of a profile; return the exit code (0 only if all succeeded)."""
-    notebooks = discover(root / "notebooks", only)
-    if not notebooks:
+                cell_timeout: int = 3600, log: Callable[[str], None] = print,
+                shard_spec: str | None = None) -> int:
+    """Run the notebooks of a profile (or of one shard); return 0 only if all succeeded.
+
+    The index lists every notebook of the profile with its last outcome, whichever shard ran it.
+    """
+    everything = discover(root / "notebooks", only)
+    if not everything:
         log(f"no notebook matches {only} in {root / 'notebooks'}")
         return 2
+    notebooks = shard(everything, *parse_shard(shard_spec)) if shard_spec else everything
     out_dir = ensure_writable((outputs or root / "outputs") / profile)
+    if shard_spec:
+        log(f"shard {shard_spec}: {', '.join(nb.stem for nb in notebooks) or 'no notebook'}")
     results = []
     for nb in notebooks:
         params_file = root / "params" / profile / f"{nb.stem}.yaml"
         results.append(run_notebook(nb, params_file, out_dir, profile, cwd=root,
                                     overrides=overrides, cell_timeout=cell_timeout, log=log))
         log(f"[{nb.stem}] {results[-1].status} in {results[-1].seconds:.0f} s")
-    index = write_index(out_dir, results, profile)
+    index = write_index(out_dir, read_statuses(out_dir, [nb.stem for nb in everything]),
+                        profile)
     failed = [r for r in results if r.status != "ok"]
     log(f"report: {index}")
     if failed:

@@ -9,6 +9,8 @@ the same run twice.
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +20,7 @@ from typing import Any
 
 import torch
 
+from pixelcam import distributed
 from pixelcam.atomic import read_back, save_torch, write_json
 from pixelcam.config import Config, baseline_key, load_config, negev_key, pixelcam_key, unet_key
 from pixelcam.data.dataset import WSOLDataset
@@ -39,8 +42,25 @@ def synthetic_spec(cfg: Config) -> SyntheticSpec:
     return SyntheticSpec(
         n_train=cfg.synthetic_n_train, n_valcl=cfg.synthetic_n_valcl, n_test=cfg.synthetic_n_test,
         n_valpx_per_class=cfg.synthetic_n_valpx_per_class, width=cfg.synthetic_width,
-        height=cfg.synthetic_height, seed=cfg.synthetic_seed,
+        height=cfg.synthetic_height, seed=cfg.synthetic_seed, domain=cfg.dataset,
     )
+
+
+DATA_KEYS = ("dataset", "data_root", "fold_dir", "synthetic_n_train", "synthetic_n_valcl",
+             "synthetic_n_test", "synthetic_n_valpx_per_class", "synthetic_width",
+             "synthetic_height", "synthetic_seed")
+
+
+def data_key(cfg: Config, split: str = "") -> str:
+    """Names what a model is evaluated on: the data fields, the input size and the split."""
+    fields = {k: getattr(cfg, k) for k in DATA_KEYS}
+    blob = json.dumps({**fields, "image_size": cfg.image_size, "split": split}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def with_data_of(cfg: Config, data: Config) -> Config:
+    """`cfg` (a trained model's params) reading the images of `data` (another dataset)."""
+    return cfg.replace(**{k: getattr(data, k) for k in DATA_KEYS})
 
 
 def data_paths(cfg: Config) -> tuple[Path, Path]:
@@ -102,8 +122,15 @@ def model_for(kind: str, cfg: Config) -> torch.nn.Module:
 
 @contextmanager
 def _locked(directory: Path) -> Iterator[None]:
-    """Serialise work on one run directory across processes (a second process waits)."""
+    """Serialise work on one run directory across processes (a second process waits).
+
+    Under torchrun only rank 0 takes the lock, for all its ranks: were each rank to take it,
+    rank 0 would train holding it while the others, needed by every step, waited for it.
+    """
     directory.mkdir(parents=True, exist_ok=True)
+    if not distributed.is_main():
+        yield
+        return
     with open(directory / ".lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
@@ -156,8 +183,10 @@ def _evaluate_checkpoints(run_dir: Path, cfg: Config, kind: str, map_method: str
         model = model_for(kind, cfg)
         model.load_state_dict(_weights(run_dir, name))
         model.to(device)
-        val = evaluate_split(model, valpx, map_method, device, with_per_image=False)
-        res = evaluate_split(model, test, map_method, device)
+        val = evaluate_split(model, valpx, map_method, device, with_per_image=False,
+                             resamples=0)
+        res = evaluate_split(model, test, map_method, device, resamples=cfg.ttest_resamples,
+                             resample_seed=cfg.seed)
         entry = res.to_dict()
         threshold = val.metric.best_miou_threshold()
         entry["rates_valpx_threshold"] = res.metric.rates(threshold)
@@ -169,10 +198,13 @@ def _evaluate_checkpoints(run_dir: Path, cfg: Config, kind: str, map_method: str
 def _train_run(kind: str, key: str, run_dir: Path, cfg: Config, phase: PhaseSpec,
                model: WSOLModel, train_ds: WSOLDataset, log: Log,
                extra: dict[str, Any] | None = None) -> Run:
-    device = resolve_device(cfg.device)
+    device = distributed.init(resolve_device(cfg.device))
     started = time.time()
     fitted = fit(model, cfg, phase, train_ds=train_ds, valcl_ds=dataset(cfg, "valcl"),
                  valpx_ds=dataset(cfg, "valpx"), out_dir=run_dir, device=device, log=log)
+    if not distributed.is_main():  # rank 0 evaluates and writes results.json; the others wait
+        distributed.barrier()
+        return Run(kind, key, run_dir, read_back(run_dir / "results.json"), reused=False)
     t_eval = time.perf_counter()
     test = _evaluate_checkpoints(run_dir, cfg, kind, phase.map_method, device)
     results = {
@@ -183,6 +215,7 @@ def _train_run(kind: str, key: str, run_dir: Path, cfg: Config, phase: PhaseSpec
         "provenance": provenance(cfg, device, started=started),
     }
     write_json(run_dir / "results.json", results)  # written last: marks the run complete
+    distributed.barrier()
     return Run(kind, key, run_dir, results, reused=False)
 
 
@@ -195,12 +228,22 @@ def _load_complete(kind: str, key: str, run_dir: Path, log: Log) -> Run | None:
 
 
 def _cached(kind: str, key: str, cfg: Config, log: Log, train: Callable[[Path], Run]) -> Run:
-    """Reuse the finished run `<kind>-<key>`, else train it under a lock (checked twice)."""
+    """Reuse the finished run `<kind>-<key>`, else train it under a lock (checked twice).
+
+    Under torchrun rank 0 looks and every rank follows its answer, so all ranks reuse or all
+    train together (each rank checking for itself could split them and hang the collectives).
+    """
     run_dir = Path(cfg.cache_dir) / "runs" / f"{kind}-{key}"
-    if (run := _load_complete(kind, key, run_dir, log)) is not None:
+    distributed.init(resolve_device(cfg.device))
+    log = distributed.quiet_unless_main(log)
+
+    def finished() -> bool:
+        return distributed.agree(lambda: (run_dir / "results.json").exists())
+
+    if finished() and (run := _load_complete(kind, key, run_dir, log)) is not None:
         return run
     with _locked(run_dir):
-        if (run := _load_complete(kind, key, run_dir, log)) is not None:
+        if finished() and (run := _load_complete(kind, key, run_dir, log)) is not None:
             return run
         return train(run_dir)
 
@@ -210,7 +253,8 @@ def get_baseline(cfg: Config, log: Log = print) -> Run:
     key = baseline_key(cfg)
 
     def train(run_dir: Path) -> Run:
-        log(f"[baseline] training {cfg.method} on {cfg.backbone} into {run_dir}")
+        arch = "DeiT-Tiny" if cfg.method == "sat" else cfg.backbone
+        log(f"[baseline] training {cfg.method} on {arch} into {run_dir}")
         phase = PhaseSpec("baseline", cfg.map_method, cfg.epochs)
         return _train_run("baseline", key, run_dir, cfg, phase, new_model(cfg, pixel=False),
                           dataset(cfg, "train", train=True), log)
@@ -220,13 +264,16 @@ def get_baseline(cfg: Config, log: Log = print) -> Run:
 
 def store_cams(baseline: Run, cfg: Config, checkpoint: str, log: Log = print
                ) -> dict[str, torch.Tensor]:
-    """True-class CAMs of the train split at feature resolution, from non-augmented images."""
-    path = baseline.dir / f"cams-{checkpoint}.pt"
+    """True-class CAMs of cfg's train split at feature resolution, from non-augmented images.
+
+    cfg's data may be another dataset's (external pseudo-labels): the file name says which.
+    """
+    path = baseline.dir / f"cams-{checkpoint}-{data_key(cfg, 'train')}.pt"
     if path.exists():
         return read_back(path)
     device = resolve_device(cfg.device)
     model = baseline.load_model(checkpoint, device)
-    ds = dataset(cfg, "train", train=False)
+    ds = dataset(with_data_of(baseline.config, cfg), "train", train=False)
     cams: dict[str, torch.Tensor] = {}
     for batch in eval_loader(ds, cfg.eval_batch_size, cfg.num_workers, device):
         x = batch["image"].to(device)
@@ -238,12 +285,17 @@ def store_cams(baseline: Run, cfg: Config, checkpoint: str, log: Log = print
     return cams
 
 
+def cam_baseline(cfg: Config, log: Log = print) -> Run:
+    """The baseline whose CAMs seed PixelCAM: this dataset's, or cam_source's (Table 18)."""
+    return get_baseline(cfg.for_dataset(cfg.cam_source) if cfg.cam_source else cfg, log)
+
+
 def get_pixelcam(cfg: Config, log: Log = print, baseline: Run | None = None) -> Run:
     """PixelCAM on top of the config's baseline: its CAMs seed it, its weights initialise it."""
     key = pixelcam_key(cfg)
 
     def train(run_dir: Path) -> Run:
-        base = baseline or get_baseline(cfg, log)
+        base = baseline if baseline is not None and not cfg.cam_source else cam_baseline(cfg, log)
         cams = store_cams(base, cfg, cfg.cam_checkpoint, log)
         model = new_model(cfg, pixel=True)
         missing, unexpected = model.load_state_dict(_weights(base.dir, cfg.init_checkpoint),
@@ -251,7 +303,7 @@ def get_pixelcam(cfg: Config, log: Log = print, baseline: Run | None = None) -> 
         if unexpected or any(not k.startswith("pixel_head.") for k in missing):
             raise RuntimeError(f"baseline checkpoint does not match: {missing} {unexpected}")
         log(f"[pixelcam] training on {cfg.cam_checkpoint} CAMs from {cfg.init_checkpoint} weights"
-            f" into {run_dir}")
+            f"{f' of the {cfg.cam_source} baseline' if cfg.cam_source else ''} into {run_dir}")
         phase = PhaseSpec("pixelcam", "pixelcam", cfg.total_pixelcam_epochs)
         return _train_run("pixelcam", key, run_dir, cfg, phase, model,
                           dataset(cfg, "train", train=True, cams=cams), log,
@@ -321,6 +373,25 @@ def table_runs(cfg: Config, log: Log = print) -> list[tuple[Config, Run]]:
     if cfg.table_unet:
         rows.append((cfg, get_unet(cfg, log)))
     return rows
+
+
+def evaluate_on(run: Run, data: Config, checkpoint: str, split: str = "test",
+                log: Log = print) -> dict[str, Any]:
+    """A finished run's checkpoint on another dataset's split (OOD, stain shift), cached."""
+    cfg = with_data_of(run.config, data)
+    path = run.dir / "evaluations" / f"{checkpoint}-{data_key(cfg, split)}.json"
+    if path.exists():
+        return read_back(path)
+    device = resolve_device(data.device)
+    model = run.load_model(checkpoint, device)
+    loader = eval_loader(dataset(cfg, split), data.eval_batch_size, data.num_workers, device)
+    result = evaluate_split(model, loader, run.map_method, device,
+                            resamples=data.ttest_resamples, resample_seed=data.seed).to_dict()
+    result["data"] = {k: getattr(cfg, k) for k in DATA_KEYS}
+    write_json(path, result)
+    log(f"[eval] {run.kind} {run.dir.name} ({checkpoint}) on {cfg.dataset} {split}: "
+        f"PxAP {result['pxap']:.1f}")
+    return result
 
 
 def load_run(run_dir: str | Path) -> Run:

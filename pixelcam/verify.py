@@ -32,16 +32,20 @@ def verify_notebook(result_dir: Path) -> tuple[list[str], int]:
     """(differences, numbers checked) for one notebook's results.json."""
     payload = read_back(result_dir / "results.json")
     cfg = load_config(None, payload["provenance"]["params"])
-    runs = [load_run(info["dir"]) for info in payload.get("runs", {}).values()]
+    named = {label: load_run(info["dir"]) for label, info in payload.get("runs", {}).items()}
     problems: list[str] = []
     checked = 0
     html = result_dir.with_suffix(".html")
     page = html.read_text(encoding="utf-8") if html.exists() else ""
     for name, rows in payload.get("metrics", {}).items():
-        build = TABLES.get(name)
+        # "table1" covers every run; "table1@glas" the runs labelled "glas / <row>"
+        table, _, ds = name.partition("@")
+        build = TABLES.get(table)
         if build is None:
             continue
-        fresh = build(runs, cfg).reset_index().to_dict(orient="records")
+        runs = [run for label, run in named.items() if not ds or label.startswith(f"{ds} / ")]
+        fresh = build(runs, cfg.for_dataset(ds) if ds else cfg)
+        fresh = fresh.reset_index().to_dict(orient="records")
         if len(fresh) != len(rows):
             problems.append(f"{result_dir.name} {name}: {len(rows)} rows shown, {len(fresh)} "
                             "recomputed")

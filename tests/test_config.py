@@ -101,3 +101,48 @@ def test_config_for_method_gives_sat_its_input_size():
     assert (config_for_method(cfg, "sat").image_size, config_for_method(cfg, "sat").resize_size) \
         == (224, 256)
     assert config_for_method(cfg, "deepmil").image_size == 128
+
+
+def test_per_dataset_blocks_and_dotted_overrides(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("datasets: glas,camelyon16\nepochs: 8\ncamelyon16:\n  epochs: 20\n"
+                    "  low_res: true\n")
+    cfg = load_config(path, {"glas.lam": 0.5})
+    assert cfg.dataset_names == ["glas", "camelyon16"]
+    cam = cfg.for_dataset("camelyon16")
+    assert (cam.dataset, cam.epochs, cam.low_res) == ("camelyon16", 20, True)
+    glas = cfg.for_dataset("glas")
+    assert (glas.dataset, glas.epochs, glas.lam) == ("glas", 8, 0.5)
+    # blocks are not hashed themselves: what a block sets is hashed once applied
+    assert baseline_key(cfg) == baseline_key(cfg.replace(camelyon16={"epochs": 3}))
+    assert baseline_key(cam) != baseline_key(glas)
+    with pytest.raises(ConfigError, match="camelyon16.datasets is not a key"):
+        load_config(None, {"camelyon16": {"datasets": "glas"}})
+    with pytest.raises(ConfigError, match="glas.epoch is not a key"):
+        load_config(None, {"glas.epoch": 3})
+    with pytest.raises(ConfigError, match="datasets names 'kidney'"):
+        load_config(None, {"datasets": "glas,kidney"})
+
+
+def test_missing_data_root_fails_at_once_with_the_fix(monkeypatch, tmp_path):
+    monkeypatch.delenv("PIXELCAM_GLAS_ROOT", raising=False)
+    monkeypatch.delenv("PIXELCAM_CAMELYON16_ROOT", raising=False)
+    with pytest.raises(ConfigError, match="pixelcam data prepare glas .*PIXELCAM_GLAS_ROOT"):
+        load_config(None, {"data_root": ""})
+    monkeypatch.setenv("PIXELCAM_GLAS_ROOT", str(tmp_path))
+    assert load_config(None, {"data_root": ""}).data_root == str(tmp_path)
+    # the second dataset of a notebook is checked up front too
+    with pytest.raises(ConfigError, match="PIXELCAM_CAMELYON16_ROOT"):
+        load_config(None, {"data_root": "", "datasets": "glas,camelyon16",
+                           "camelyon16": {"data_root": ""}})
+
+
+def test_external_pseudo_labels_change_the_pixelcam_hash_only():
+    cfg = load_config(None, {"datasets": "glas,camelyon16"})
+    ext = cfg.replace(cam_source="camelyon16")
+    assert baseline_key(ext) == baseline_key(cfg)
+    assert pixelcam_key(ext) != pixelcam_key(cfg)
+    # naming the run's own dataset is the default protocol: one spelling, one hash
+    assert pixelcam_key(cfg.replace(cam_source="glas")) == pixelcam_key(cfg)
+    # the external baseline's own settings are part of the hash
+    assert pixelcam_key(ext) != pixelcam_key(ext.replace(camelyon16={"epochs": 3}))

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 TINY = {
-    "dataset": "synthetic", "synthetic_n_train": 16, "synthetic_n_valcl": 4, "synthetic_n_test": 4,
+    "synthetic_n_train": 16, "synthetic_n_valcl": 4, "synthetic_n_test": 4,
     "synthetic_n_valpx_per_class": 1, "synthetic_width": 64, "synthetic_height": 48,
     "image_size": 48, "resize_size": 56, "backbone": "resnet18", "epochs": 4, "batch_size": 4,
     "eval_batch_size": 8, "lr": 0.01, "device": "cpu",
@@ -99,9 +99,9 @@ def test_damaged_cache_files_name_themselves(tmp_path):
 
     cfg = load_config(None, {**TINY, "epochs": 1, "cache_dir": str(tmp_path)})
     runs = get_or_train(cfg, log=lambda s: None)
-    cams = runs["baseline"].dir / "cams-b-loc.pt"
+    (cams,) = runs["baseline"].dir.glob("cams-b-loc-*.pt")  # named by the data it covers
     cams.write_bytes(cams.read_bytes()[:100])
-    with pytest.raises(DataError, match=r"cams-b-loc.pt .*delete it and rerun"):
+    with pytest.raises(DataError, match=rf"{cams.name} .*delete it and rerun"):
         store_cams(runs["baseline"], cfg, "b-loc")
     (runs["pixelcam"].dir / "results.json").write_text("{not json")
     with pytest.raises(DataError, match=r"results.json .*damaged"):

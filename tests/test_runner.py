@@ -74,3 +74,31 @@ def test_a_dead_kernel_is_reported_as_such(project):
     assert run_reports("quick", project, only=["04"], log=lambda s: None) == 1
     index = (project / "outputs" / "quick" / "index.html").read_text()
     assert "kernel died" in index
+
+
+def test_parse_shard_and_selection():
+    from pixelcam.errors import ConfigError
+    from pixelcam.runner import parse_shard, shard
+
+    assert parse_shard("2/5") == (2, 5)
+    assert shard(list(range(12)), 2, 5) == [1, 6, 11]
+    assert sorted(sum((shard(list(range(12)), i, 5) for i in range(1, 6)), [])) == list(range(12))
+    for bad in ("0/3", "4/3", "1/0", "a/b", "3"):
+        with pytest.raises(ConfigError, match="1 <= i <= N"):
+            parse_shard(bad)
+
+
+def test_shards_build_one_index_together(project):
+    (project / "params" / "quick" / "03_params.yaml").write_text("epochs: 2\n")
+    first = run_reports("quick", project, shard_spec="1/2", log=lambda _: None)
+    out = project / "outputs" / "quick"
+    index = (out / "index.html").read_text()
+    assert first == 0 and "01_good.html" in index and "not run" in index  # 02 waits for shard 2
+    assert not (out / "02_bad.html").exists()
+    second = run_reports("quick", project, shard_spec="2/2", log=lambda _: None)
+    index = (out / "index.html").read_text()
+    assert second == 1  # 02_bad fails in shard 2
+    assert "not run" not in index  # every notebook now has an outcome, whichever shard ran it
+    assert "01_good.html" in index and "synthetic failure for the test" in index
+    assert '<a href="01_good/results.json">results.json</a>' in index
+    assert '<a href="01_good.ipynb">notebook</a>' in index

@@ -13,7 +13,7 @@ from pixelcam.runs import dataset, get_baseline, get_negev, get_or_train, get_un
 from pixelcam.train import PhaseSpec, fit
 
 TINY = {
-    "dataset": "synthetic", "synthetic_n_train": 8, "synthetic_n_valcl": 4, "synthetic_n_test": 4,
+    "synthetic_n_train": 8, "synthetic_n_valcl": 4, "synthetic_n_test": 4,
     "synthetic_n_valpx_per_class": 1, "synthetic_width": 64, "synthetic_height": 48,
     "image_size": 48, "resize_size": 56, "backbone": "resnet18", "epochs": 2, "batch_size": 4,
     "eval_batch_size": 8, "lr": 0.01, "device": "cpu",
@@ -46,7 +46,8 @@ def test_both_phases_train_and_evaluate(trained):
     assert runs["baseline"].map_method == "layercam"
     assert runs["pixelcam"].map_method == "pixelcam"
     assert runs["pixelcam"].results["baseline_key"] == runs["baseline"].key
-    cams = torch.load(runs["baseline"].dir / "cams-b-loc.pt", weights_only=True)
+    (path,) = runs["baseline"].dir.glob("cams-b-loc-*.pt")  # named by the data it covers
+    cams = torch.load(path, weights_only=True)
     assert len(cams) == 8
     # CAMs are stored at feature resolution (48 / 8 = 6) and min-max normalised
     for cam in cams.values():

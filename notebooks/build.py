@@ -1,0 +1,498 @@
+"""The source of the report notebooks: `python notebooks/build.py` writes every NN_*.ipynb.
+
+Notebooks are committed without outputs; editing them here keeps the twelve consistent (same
+parameters cell, same first and last cells), and tests/test_notebooks.py checks that the
+committed files equal what this script writes.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+
+HERE = Path(__file__).resolve().parent
+
+PARAMETERS = '''# Parameters: papermill replaces these. `params` overrides keys of params/<profile>/{name}.yaml
+# (flat keys, or "camelyon16.epochs"-style keys for one dataset).
+profile = "quick"
+params = {{}}
+output_dir = "outputs/interactive/{name}"'''
+
+START = '''from IPython.display import Markdown, display
+
+from pixelcam import experiments as ex
+from pixelcam.notebook import start
+from pixelcam.report import DATASET_NAMES, data_note{imports}
+
+cfg, started = start("{name}", profile, params)'''
+
+FINISH = '''path = write_results(output_dir, cfg, started, metrics=metrics, headline=headline,
+                     runs=named_runs)
+display(Markdown(f"Results written to `{path}`."))
+display(Markdown(provenance_markdown(path)))'''
+
+
+def md(text: str) -> nbformat.NotebookNode:
+    return nbformat.v4.new_markdown_cell(text.strip())
+
+
+def code(text: str, tags: list[str] | None = None) -> nbformat.NotebookNode:
+    cell = nbformat.v4.new_code_cell(text.strip())
+    if tags:
+        cell.metadata["tags"] = tags
+    return cell
+
+
+def notebook(name: str, title: str, intro: str, body: list[nbformat.NotebookNode],
+             imports: str = "") -> nbformat.NotebookNode:
+    imports = ", write_results, provenance_markdown" + imports
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    nb.cells = [md(f"# {title}\n\n{intro.strip()}"),
+                code(PARAMETERS.format(name=name), tags=["parameters"]),
+                code(START.format(name=name, imports=imports)),
+                *body,
+                md("## Results and provenance"),
+                code(FINISH)]
+    for i, cell in enumerate(nb.cells):  # stable ids: rebuilding gives identical files
+        cell["id"] = f"{name[:2]}-{i:02d}"
+    return nb
+
+
+QUICK_NOTE = """The **quick** profile runs on the embedded synthetic look-alikes of GlaS and CAMELYON16 on a
+CPU: its numbers are not comparable to the paper's; they show that each experiment runs end to
+end. The **paper** profile runs the same cells on the real data with the paper's settings."""
+
+# last cells of the sweeps (FRAMES: the table's variable, TABLE: its name)
+_SWEEP_FINISH = '''metrics, headline, named_runs = {}, {}, {}
+for name, rows in variants.items():
+    metrics[f"TABLE@{name}"] = FRAMES[name].reset_index().to_dict(orient="records")
+    for label, run in rows:
+        named_runs[f"{name} / {label}"] = run
+    best = FRAMES[name]["PxAP run"].iloc[1:].idxmax()
+    headline[f"{DATASET_NAMES[name]} best {best} PxAP"] = FRAMES[name].loc[best, "PxAP run"]'''
+_PAIR_FINISH = '''metrics, headline, named_runs = {}, {}, {}
+for name, rows in variants.items():
+    metrics[f"TABLE@{name}"] = FRAMES[name].reset_index().to_dict(orient="records")
+    for label, run in rows:
+        named_runs[f"{name} / {label}"] = run
+        if "PixelCAM" in label:
+            headline[f"{DATASET_NAMES[name]} {label} PxAP"] = FRAMES[name].loc[label, "PxAP run"]'''
+
+NOTEBOOKS: dict[str, tuple] = {}
+
+NOTEBOOKS["01_main_tables"] = (
+    "01 · Main results: Tables 1, 2, 4, 6 and Figures 2, 3, 6, 11–14",
+    f"""
+Each WSOL baseline of `table_methods` (DeepMIL, GradCAM++, LayerCAM, SAT), the same baseline
++ PixelCAM, + NEGEV (two-step) and the fully supervised U-Net, on every dataset of `datasets`,
+trained and evaluated with the protocol of the paper (official-code-notes.md, sections 3–5): the
+baseline's B-LOC CAMs of the train split seed PixelCAM, which starts from the baseline's B-CL
+weights; test numbers are those of the `select` checkpoint (B-LOC). Every table puts the paper's
+number beside this run's, with the difference.
+
+{QUICK_NOTE}
+""",
+    [
+        code("runs = ex.dataset_runs(cfg)  # trains what the run cache does not hold yet"),
+        md("## Table 1: localisation (PxAP) and classification (CL) accuracy on the test set"),
+        code('''table1 = {}
+for name, rows in runs.items():
+    table1[name] = main_table(rows, cfg.for_dataset(name))
+    display(Markdown(f"### {DATASET_NAMES[name]}\\n{data_note(cfg.for_dataset(name))}"), table1[name])'''),
+        md("""## Table 2: paired t-tests, baseline vs PixelCAM (localisation)
+
+The paper's t and p fit 28 degrees of freedom (official-code-notes.md 5.5): *resampled* runs
+`scipy.stats.ttest_rel` on the pooled PxAP of `ttest_resamples` seeded bootstrap resamples of
+the test set (29 give df = 28), the same resamples for both models; *per image* uses each test
+image's own AP (images with foreground). t > 0: PixelCAM localises better."""),
+        code('''table2 = {}
+for name, rows in runs.items():
+    table2[name] = ex.ttest_table(rows, cfg.for_dataset(name))
+    display(Markdown(f"### {DATASET_NAMES[name]}"), table2[name])'''),
+        md("""## Table 6: pixel rates at the best-mIoU threshold
+
+The paper's operating point is the test set's own mIoU-best threshold (an oracle, as in the
+official code); the rows *valpx threshold* use the threshold tuned on the pixel-labelled
+validation images instead."""),
+        code('''table6 = {}
+for name, rows in runs.items():
+    table6[name] = rates_table(rows, cfg.for_dataset(name))
+    display(Markdown(f"### {DATASET_NAMES[name]}"), table6[name])'''),
+        md("""## Table 4 and Figures 3, 6: FG/BG separability J of the pixel features
+
+J = tr(S_B)/tr(S_W) per test image on the encoder's features F, with the ground-truth mask
+brought to F's grid (a cell is FG when at least half of it is); undefined ("-", NaN) for images
+without foreground, such as CAMELYON16 normal patches."""),
+        code('''table4 = {}
+for name, rows in runs.items():
+    table4[name], per_image = ex.separability_table(rows, cfg.for_dataset(name), "table4", name)
+    display(Markdown(f"### {DATASET_NAMES[name]}"), table4[name], separability_hist(per_image))'''),
+        md("## Figures 2, 11–14: maps on test images (each baseline without and with PixelCAM)"),
+        code('''for name, rows in runs.items():
+    display(Markdown(f"### {DATASET_NAMES[name]}"))
+    display(map_grid([r for r in rows if r.kind in ("baseline", "pixelcam")], cfg.for_dataset(name)))'''),
+        md("## Model selection: validation curves of both phases (B-LOC and B-CL)"),
+        code('''for name, rows in runs.items():
+    display(Markdown(f"### {DATASET_NAMES[name]}"))
+    display(history_plot([r for r in rows if r.kind in ("baseline", "pixelcam")]))'''),
+        code('''metrics, headline, named_runs = {}, {}, {}
+for name, rows in runs.items():
+    for table, frames in (("table1", table1), ("table2", table2), ("table4", table4),
+                          ("table6", table6)):
+        metrics[f"{table}@{name}"] = frames[name].reset_index().to_dict(orient="records")
+    for row in ("LayerCAM", "LayerCAM + PixelCAM"):
+        if row in table1[name].index:
+            headline[f"{DATASET_NAMES[name]} {row} PxAP"] = table1[name].loc[row, "PxAP run"]
+    named_runs.update({f"{name} / {method_label(r)}": r for r in rows})'''),
+    ],
+    ", main_table, rates_table, map_grid, history_plot, method_label\n"
+    "from pixelcam.figures import separability_hist",
+)
+
+NOTEBOOKS["02_ood"] = (
+    "02 · Out of distribution: Table 3, Table 5 and Figures 7, 8, 15–18",
+    f"""
+The models of notebook 01 (reused from the run cache), trained on one dataset and evaluated on
+the other's test split with the same checkpoint rules: CAMELYON16 → GlaS and GlaS → CAMELYON16.
+Table columns name the target dataset. The paper does not say whether GlaS → CAMELYON16 used
+the full CAMELYON16 test split or the 500-image fold-6 subset (official-code-notes.md 5.7); the
+kit uses the test split of the target's `fold_dir`.
+
+{QUICK_NOTE}
+""",
+    [
+        md("## Table 3: PxAP and CL on the target test set"),
+        code('''table3, sources = {}, [name for name in ("camelyon16", "glas") if name in cfg.dataset_names]
+for source in sources:
+    target = ex.other_dataset(source)
+    table3[source] = ex.ood_table(cfg, source)
+    display(Markdown(f"### {DATASET_NAMES[source]} → {DATASET_NAMES[target]}\\n"
+                     f"{data_note(cfg.for_dataset(target))}"), table3[source])'''),
+        md("## Table 5 and Figures 7, 8: separability J of the pixel features on the target"),
+        code('''table5 = {}
+for source in sources:
+    target = ex.other_dataset(source)
+    rows = ex.dataset_runs(cfg.replace(datasets=source))[source]
+    table5[source], per_image = ex.separability_table(rows, cfg.for_dataset(target), "table5",
+                                                      target)
+    display(Markdown(f"### {DATASET_NAMES[source]} → {DATASET_NAMES[target]}"), table5[source],
+            separability_hist(per_image))'''),
+        md("## Figures 15–18: maps of the source models on target test images"),
+        code('''for source in sources:
+    target = ex.other_dataset(source)
+    rows = ex.dataset_runs(cfg.replace(datasets=source))[source]
+    display(Markdown(f"### {DATASET_NAMES[source]} → {DATASET_NAMES[target]}"))
+    display(map_grid([r for r in rows if r.kind in ("baseline", "pixelcam")],
+                     cfg.for_dataset(target)))'''),
+        code('''metrics, headline, named_runs = {}, {}, {}
+for source in sources:
+    target = ex.other_dataset(source)
+    metrics[f"table3 {source}->{target}"] = table3[source].reset_index().to_dict(orient="records")
+    metrics[f"table5 {source}->{target}"] = table5[source].reset_index().to_dict(orient="records")
+    for row in ("LayerCAM", "LayerCAM + PixelCAM"):
+        if row in table3[source].index:
+            headline[f"{DATASET_NAMES[source]}→{DATASET_NAMES[target]} {row} PxAP"] = \\
+                table3[source].loc[row, "PxAP run"]
+    rows = ex.dataset_runs(cfg.replace(datasets=source))[source]
+    named_runs.update({f"{source} / {method_label(r)}": r for r in rows})'''),
+    ],
+    ", map_grid, method_label\nfrom pixelcam.figures import separability_hist",
+)
+
+NOTEBOOKS["03_stain_shift"] = (
+    "03 · Stain shift: Figures 4, 5, 9, 10",
+    f"""
+The test images of each dataset re-stained with stain styles of the *other* dataset (Macenko,
+torchstain): candidate target images are fitted, ordered by the distance of their stain matrix
+to the source's mean stain matrix, and `stain_levels` of them kept, from level 1 (closest) to
+level 10 (farthest); level 0 is the original test set. The chosen targets and matrices are
+frozen in a JSON (`stain_levels_file` reuses one, so the benchmark is the same on every machine);
+images whose own stain fit fails fall back to the source's mean stain and are counted.
+LayerCAM and LayerCAM + PixelCAM (`method`) are evaluated at every level.
+
+{QUICK_NOTE}
+""",
+    [
+        code('''curves, levels_info, named_runs = {}, {}, {}
+for name in cfg.dataset_names:
+    dcfg = ex.config_for_method(cfg.for_dataset(name), cfg.method)
+    pair = ex.get_or_train(dcfg)
+    curves[name], manifest = ex.stain_shift(dcfg, [pair["baseline"], pair["pixelcam"]])
+    levels_info[name] = manifest
+    named_runs.update({f"{name} / {method_label(r)}": r for r in pair.values()})'''),
+        md("## Figures 4, 5 (GlaS) and 9, 10 (CAMELYON16): CL and PxAP over stain levels"),
+        code('''for name, df in curves.items():
+    display(Markdown(f"### {DATASET_NAMES[name]} test set, {DATASET_NAMES[ex.other_dataset(name)]} stains\\n"
+                     f"{data_note(cfg.for_dataset(name))}"))
+    display(stain_curves(df))
+    display(df.pivot_table(index="level", columns=["metric", "method"], values="value").round(1))'''),
+        md("## The stain levels: targets, distances, fallbacks, and one test image per level"),
+        code('''for name, manifest in levels_info.items():
+    display(Markdown(f"### {DATASET_NAMES[name]}"))
+    display(ex.stain_level_table(manifest))
+    display(ex.stain_strip(manifest, cfg.for_dataset(name)))'''),
+        code('''metrics, headline = {}, {}
+for name, df in curves.items():
+    metrics[f"stain {name}"] = df.to_dict(orient="records")
+    worst = df[df.level == df.level.max()]
+    for method in worst.method.unique():
+        value = worst[(worst.method == method) & (worst.metric == "PxAP")].value.iloc[0]
+        headline[f"{DATASET_NAMES[name]} level {df.level.max()} {method} PxAP"] = value'''),
+    ],
+    ", method_label\nfrom pixelcam.figures import stain_curves",
+)
+
+_ABLATION_INTRO = """
+{what} Every variant is a PixelCAM model trained on the same baseline (reused from the run cache
+when notebook 01 already trained it), so only the varied setting differs.
+
+""" + QUICK_NOTE
+
+NOTEBOOKS["04_ablation_depth"] = (
+    "04 · Ablation: depth of the pixel classifier (Tables 12, 13)",
+    _ABLATION_INTRO.format(what="A linear pixel head (the paper's default) against a multi-layer one "
+                           "(three 1x1 convolutions, halving the width each time), in "
+                           "distribution (Table 12) and out of distribution (Table 13)."),
+    [
+        code('''variants, table12, table13 = {}, {}, {}
+for name in cfg.dataset_names:
+    dcfg = cfg.for_dataset(name)
+    rows = []
+    for method in cfg.methods:
+        label = ex.METHOD_NAMES[method]
+        rows += ex.variant_runs(dcfg, method, [
+            (f"{label} + PixelCAM (linear)", {"pixel_head": "linear"}),
+            (f"{label} + PixelCAM (multi-layer)", {"pixel_head": "multi_layer"})])
+    variants[name] = rows
+    table12[name] = ex.variant_table(rows, dcfg, "table12")
+    display(Markdown(f"### Table 12, {DATASET_NAMES[name]}\\n{data_note(dcfg)}"), table12[name])'''),
+        code('''for name, rows in variants.items():
+    target = ex.other_dataset(name)
+    tcfg = cfg.for_dataset(target)
+    entries = [(label, ex.scores(ex.evaluate_on(run, tcfg, cfg.select))) for label, run in rows]
+    table13[name] = ex.comparison(entries, "table13", target)
+    display(Markdown(f"### Table 13, {DATASET_NAMES[name]} → {DATASET_NAMES[target]}"), table13[name])'''),
+        code('''metrics, headline, named_runs = {}, {}, {}
+for name, rows in variants.items():
+    metrics[f"table12@{name}"] = table12[name].reset_index().to_dict(orient="records")
+    metrics[f"table13 {name}->{ex.other_dataset(name)}"] = table13[name].reset_index().to_dict(orient="records")
+    for label, run in rows:
+        named_runs[f"{name} / {label}"] = run
+        if "PixelCAM" in label:
+            headline[f"{DATASET_NAMES[name]} {label} PxAP"] = table12[name].loc[label, "PxAP run"]'''),
+    ],
+)
+
+NOTEBOOKS["05_ablation_n"] = (
+    "05 · Ablation: number n of pseudo-labelled pixels (Table 16)",
+    _ABLATION_INTRO.format(what="n foreground and n background pixels are sampled per image at every "
+                           "step (`n_values`), with the CAMs of `method` (GradCAM++ in the paper)."),
+    [
+        code('''variants, table16 = {}, {}
+for name in cfg.dataset_names:
+    dcfg = cfg.for_dataset(name)
+    values = ex.parse_values(cfg.n_values, int)
+    variants[name] = ex.variant_runs(dcfg, cfg.method, [(f"n={n}", {"n_fg": n, "n_bg": n})
+                                                      for n in values])
+    table16[name] = ex.variant_table(variants[name], dcfg, "table16")
+    display(Markdown(f"### {DATASET_NAMES[name]}\\n{data_note(dcfg)}"), table16[name])'''),
+        code(_SWEEP_FINISH.replace("FRAMES", "table16").replace("TABLE", "table16")),
+    ],
+)
+
+NOTEBOOKS["06_ablation_lambda"] = (
+    "06 · Ablation: weight λ of the pixel loss (Table 17)",
+    _ABLATION_INTRO.format(what="The total loss is image CE + λ · partial pixel CE (`lam_values`), "
+                           "with LayerCAM CAMs as pseudo-labels, as in the paper."),
+    [
+        code('''variants, table17 = {}, {}
+for name in cfg.dataset_names:
+    dcfg = cfg.for_dataset(name)
+    values = ex.parse_values(cfg.lam_values, float)
+    variants[name] = ex.variant_runs(dcfg, cfg.method, [(f"lambda={lam:g}", {"lam": lam})
+                                                      for lam in values])
+    table17[name] = ex.variant_table(variants[name], dcfg, "table17")
+    display(Markdown(f"### {DATASET_NAMES[name]}\\n{data_note(dcfg)}"), table17[name])'''),
+        code(_SWEEP_FINISH.replace("FRAMES", "table17").replace("TABLE", "table17")),
+    ],
+)
+
+NOTEBOOKS["07_ablation_model_selection"] = (
+    "07 · Ablation: pseudo-labels from B-LOC or B-CL CAMs (Table 14)",
+    _ABLATION_INTRO.format(what="PixelCAM seeded by the CAMs of the baseline's B-LOC checkpoint (best "
+                           "valpx PxAP, the default) or of its B-CL checkpoint (best valcl "
+                           "accuracy)."),
+    [
+        code('''variants, table14 = {}, {}
+for name in cfg.dataset_names:
+    dcfg = cfg.for_dataset(name)
+    rows = []
+    for method in cfg.methods:
+        label = ex.METHOD_NAMES[method]
+        rows += ex.variant_runs(dcfg, method, [
+            (f"{label} + PixelCAM (B-LOC CAM)", {"cam_checkpoint": "b-loc"}),
+            (f"{label} + PixelCAM (B-CL CAM)", {"cam_checkpoint": "b-cl"})])
+    variants[name] = rows
+    table14[name] = ex.variant_table(rows, dcfg, "table14")
+    display(Markdown(f"### {DATASET_NAMES[name]}\\n{data_note(dcfg)}"), table14[name])'''),
+        code(_PAIR_FINISH.replace("FRAMES", "table14").replace("TABLE", "table14")),
+    ],
+)
+
+NOTEBOOKS["08_ablation_sampling"] = (
+    "08 · Ablation: threshold (TH) vs probability (PB) pixel sampling (Table 15)",
+    _ABLATION_INTRO.format(what="TH: seeds drawn uniformly inside the Otsu foreground of the CAM "
+                           "(eroded) and in its lowest region; PB (default): foreground seeds "
+                           "drawn with probability proportional to the CAM."),
+    [
+        code('''variants, table15 = {}, {}
+for name in cfg.dataset_names:
+    dcfg = cfg.for_dataset(name)
+    rows = []
+    for method in cfg.methods:
+        label = ex.METHOD_NAMES[method]
+        rows += ex.variant_runs(dcfg, method, [
+            (f"{label} + PixelCAM (TH)", {"seeder": "th"}),
+            (f"{label} + PixelCAM (PB)", {"seeder": "pb"})])
+    variants[name] = rows
+    table15[name] = ex.variant_table(rows, dcfg, "table15")
+    display(Markdown(f"### {DATASET_NAMES[name]}\\n{data_note(dcfg)}"), table15[name])'''),
+        code(_PAIR_FINISH.replace("FRAMES", "table15").replace("TABLE", "table15")),
+    ],
+)
+
+NOTEBOOKS["09_complexity"] = (
+    "09 · Complexity: time to a full-size map and parameter counts (Table 11)",
+    """
+Each method's model (untrained weights: timing and size do not depend on them) produces the
+full-size map of one random RGB image of `image_size` x `image_size`; the time is the median of
+10 runs after two warm-up runs, on `device`. The paper timed an NVIDIA RTX A6000: absolute
+times differ across machines, the ratios between rows are what compare. Parameter counts must
+match the paper exactly (Table 11 prints 5,528,651 for SAT + PixelCAM, a typo for 5,528,653).
+""",
+    [
+        code('''table11 = ex.complexity_table(cfg)
+display(Markdown(f"Backbone **{cfg.backbone}** (SAT: DeiT-Tiny), {cfg.image_size}x{cfg.image_size}, "
+                 f"device **{ex.resolve_device(cfg.device)}**."), table11)'''),
+        code('''ax = table11["time run (ms)"].plot.barh(figsize=(7, 4), title="Time to a full-size map (ms)")
+ax.invert_yaxis()
+ax.set_xlabel("ms per image (this machine)")
+ax.figure.tight_layout()'''),
+        code('''metrics = {"table11": table11.reset_index().to_dict(orient="records")}
+headline = {row: table11.loc[row, "time run (ms)"] for row in ("LayerCAM", "LayerCAM + PixelCAM")
+            if row in table11.index}
+named_runs = {}'''),
+    ],
+)
+
+NOTEBOOKS["10_backbones"] = (
+    "10 · Other backbones: VGG16 and InceptionV3 (Tables 7–10)",
+    f"""
+Table 1's experiment (baselines of `table_methods`, + NEGEV, + PixelCAM) on each backbone of
+`backbones`: VGG16 (Tables 7, 9) and InceptionV3 (Tables 8, 10), with the paired t-tests of
+baseline vs PixelCAM.
+
+{QUICK_NOTE}
+""",
+    [
+        code('''TABLES = {"vgg16": ("table7", "table9"), "inception_v3": ("table8", "table10")}
+results, named_runs = {}, {}
+for backbone in [b.strip() for b in cfg.backbones.split(",") if b.strip()]:
+    bcfg = cfg.replace(backbone=backbone)
+    main, tests = TABLES.get(backbone, ("table7", "table9"))
+    for name, rows in ex.dataset_runs(bcfg).items():
+        dcfg = bcfg.for_dataset(name)
+        results[(backbone, name)] = (main_table(rows, dcfg, table=main),
+                                     ex.ttest_table(rows, dcfg, table=tests))
+        named_runs.update({f"{backbone} {name} / {method_label(r)}": r for r in rows})
+        display(Markdown(f"### {backbone}, {DATASET_NAMES[name]} ({main}, {tests})\\n{data_note(dcfg)}"),
+                *results[(backbone, name)])'''),
+        code('''metrics, headline = {}, {}
+for (backbone, name), (main, tests) in results.items():
+    metrics[f"{backbone} {name} PxAP/CL"] = main.reset_index().to_dict(orient="records")
+    metrics[f"{backbone} {name} t-test"] = tests.reset_index().to_dict(orient="records")
+    for row in main.index:
+        if row.endswith("PixelCAM"):
+            headline[f"{backbone} {DATASET_NAMES[name]} {row} PxAP"] = main.loc[row, "PxAP run"]'''),
+    ],
+    ", main_table, method_label",
+)
+
+NOTEBOOKS["11_external_pseudo_labels"] = (
+    "11 · Pseudo-labels from a model trained on the other dataset (Table 18)",
+    f"""
+*Same*: PixelCAM seeded by the CAMs of a `method` baseline trained on the same dataset (the
+default protocol). *External*: the baseline trained on the other dataset computes the CAMs of
+this dataset's train images and initialises PixelCAM (no baseline training on this dataset); its
+own row is that external baseline evaluated here. The paper does not say which weights
+initialise the external PixelCAM; the kit uses the external baseline's `init_checkpoint`.
+
+{QUICK_NOTE}
+""",
+    [
+        code('''table18 = ex.external_table(cfg, cfg.method)
+display(table18)'''),
+        code('''metrics = {"table18": table18.reset_index().to_dict(orient="records")}
+flat = table18.reset_index()
+headline = {f"{DATASET_NAMES[d]} {source} {m} PxAP": v for d, source, m, v in
+            zip(flat["Dataset"], flat["Pseudo-labels"], flat["Method"], flat["PxAP run"])
+            if "PixelCAM" in m}
+named_runs = {}'''),
+    ],
+)
+
+NOTEBOOKS["12_feature_tsne"] = (
+    "12 · t-SNE of FG/BG pixel features (Figures 19–24)",
+    f"""
+For `tsne_images` test images per class, the pixel features F of the baseline (first row) and of
+the same baseline + PixelCAM (second row), embedded with t-SNE (a seeded, class-balanced sample
+of at most `tsne_pixels` pixels per image; FG red, BG blue); the last row shows PixelCAM's pixel
+logits of the same pixels. Standard setup (Figs 19–21), then the OOD models on the other
+dataset's images (Figs 22–24). Normal CAMELYON16 patches have no foreground and are skipped, as
+in the paper.
+
+{QUICK_NOTE}
+""",
+    [
+        code('''def classes(name):
+    return [0, 1] if name == "glas" else [1]  # CAMELYON16 normal patches: no FG
+
+
+named_runs = {}
+for source in cfg.dataset_names:
+    rows = ex.dataset_runs(cfg.replace(datasets=source))[source]
+    named_runs.update({f"{source} / {method_label(r)}": r for r in rows})
+    for target in [source, ex.other_dataset(source)]:
+        setup = "standard" if target == source else f"OOD {DATASET_NAMES[source]} → {DATASET_NAMES[target]}"
+        for base, pix in ex.pairs(rows):
+            for label in classes(target):
+                columns = ex.tsne_columns((base, pix), cfg.for_dataset(target), [label])
+                display(Markdown(f"### {method_label(base)}, {setup}: "
+                                 f"{CLASS_NAMES[target][label]} {DATASET_NAMES[target]} images"))
+                display(tsne_grid(columns))'''),
+        code('''metrics, headline = {}, {}'''),
+    ],
+    ", CLASS_NAMES, method_label\nfrom pixelcam.figures import tsne_grid",
+)
+
+
+def build() -> dict[str, nbformat.NotebookNode]:
+    return {name: notebook(name, title, intro, body, imports)
+            for name, (title, intro, body, *rest) in NOTEBOOKS.items()
+            for imports in [rest[0] if rest else ""]}
+
+
+def main() -> int:
+    for name, nb in build().items():
+        nbformat.write(nb, HERE / f"{name}.ipynb")
+    print(f"wrote {len(NOTEBOOKS)} notebooks into {HERE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

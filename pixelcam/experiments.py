@@ -1,0 +1,382 @@
+"""The paper's experiments as functions: which runs a table needs, and the numbers it shows.
+
+Notebooks call these and plot; every trained model comes from the run cache (pixelcam.runs), so
+a run that two notebooks share is trained once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pixelcam.atomic import read_back, write_json
+from pixelcam.config import DATASETS, Config
+from pixelcam.evaluate import eval_loader, resolve_device
+from pixelcam.metrics import paired_ttest
+from pixelcam.models.cams import compute_maps
+from pixelcam.report import (  # noqa: F401 - notebooks reach these through `ex.`
+    CLASS_NAMES,
+    METHOD_NAMES,
+    comparison,
+    method_label,
+    paper_rows,
+    scores,
+)
+from pixelcam.runs import (  # noqa: F401
+    Run,
+    config_for_method,
+    data_key,
+    data_paths,
+    dataset,
+    evaluate_on,
+    get_baseline,
+    get_or_train,
+    get_pixelcam,
+    model_for,
+    table_runs,
+    with_data_of,
+)
+
+Log = Callable[[str], None]
+
+
+def other_dataset(name: str) -> str:
+    """The OOD partner of a dataset (GlaS <-> CAMELYON16)."""
+    return next(d for d in DATASETS if d != name)
+
+
+def dataset_runs(cfg: Config, log: Log = print) -> dict[str, list[Run]]:
+    """Table 1's runs for every dataset the notebook covers, in the paper's row order."""
+    return {name: [run for _, run in table_runs(cfg.for_dataset(name), log)]
+            for name in cfg.dataset_names}
+
+
+def pairs(runs: Iterable[Run]) -> list[tuple[Run, Run]]:
+    """(baseline, PixelCAM) run pairs of the same method, in row order."""
+    by_label = {method_label(r): r for r in runs}
+    return [(r, by_label[f"{method_label(r)} + PixelCAM"]) for r in runs
+            if r.kind == "baseline" and f"{method_label(r)} + PixelCAM" in by_label]
+
+
+# --- Table 2 (and 9, 10): paired t-tests ---------------------------------------------------
+
+def ttest_table(runs: list[Run], cfg: Config, table: str = "table2",
+                checkpoint: str | None = None) -> pd.DataFrame:
+    """Baseline vs PixelCAM localisation: the paper's t and p beside this run's two tests.
+
+    *resampled*: pooled PxAP on the same `ttest_resamples` bootstrap resamples of the test set
+    for both models (29 resamples give the paper's df = 28); *per image*: the AP of each test
+    image with foreground (df = images - 1). Both are two-sided `scipy.stats.ttest_rel`, with
+    PixelCAM first so that t > 0 means PixelCAM is better, as in the paper.
+    """
+    checkpoint = checkpoint or cfg.select
+    paper = paper_rows(table, cfg.dataset)
+    rows = []
+    for base, pix in pairs(runs):
+        label = method_label(base)
+        ref = paper.get(label, {})
+        row: dict[str, Any] = {"Method": label, "t paper": ref.get("t"), "p paper": ref.get("p")}
+        a, b = pix.test(checkpoint), base.test(checkpoint)
+        for name, xa, xb in (("resampled", a.get("resampled_pxap", []),
+                              b.get("resampled_pxap", [])),
+                             ("per image", a["per_image"]["ap"], b["per_image"]["ap"])):
+            keep = [(u, v) for u, v in zip(xa, xb) if not (math.isnan(u) or math.isnan(v))]
+            if len(keep) >= 2:
+                res = paired_ttest([u for u, _ in keep], [v for _, v in keep])
+            else:
+                res = {"t": float("nan"), "p": float("nan"), "df": len(keep) - 1}
+            row[f"t {name}"] = round(res["t"], 2)
+            row[f"p {name}"] = float(f"{res['p']:.2g}")
+            row[f"df {name}"] = res["df"]
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("Method")
+
+
+# --- Table 3: out of distribution ----------------------------------------------------------
+
+def ood_rows(cfg: Config, source: str, log: Log = print
+             ) -> tuple[str, list[tuple[Run, dict[str, Any]]]]:
+    """Every Table 1 run trained on `source`, evaluated on the other dataset's test split."""
+    target = other_dataset(source)
+    tcfg = cfg.for_dataset(target)
+    out = []
+    for run in dataset_runs(cfg.replace(datasets=source), log)[source]:
+        if run.kind == "unet":  # Table 3 has no U-Net row
+            continue
+        out.append((run, evaluate_on(run, tcfg, cfg.select, log=log)))
+    return target, out
+
+
+def ood_table(cfg: Config, source: str, log: Log = print) -> pd.DataFrame:
+    """Table 3 for one direction: PxAP and CL on the target test set (paper columns = target)."""
+    target, rows = ood_rows(cfg, source, log)
+    return comparison([(method_label(run), scores(res)) for run, res in rows], "table3", target)
+
+
+# --- Tables 4, 5: class separability J -----------------------------------------------------
+
+def separability_on(run: Run, data: Config, checkpoint: str, split: str = "test"
+                    ) -> pd.DataFrame:
+    """J per test image of one run's pixel features (cached beside the run)."""
+    from pixelcam.analysis import separability
+
+    cfg = with_data_of(run.config, data)
+    path = run.dir / "evaluations" / f"separability-{checkpoint}-{data_key(cfg, split)}.json"
+    if path.exists():
+        return pd.DataFrame(read_back(path))
+    device = resolve_device(data.device)
+    model = run.load_model(checkpoint, device)
+    loader = eval_loader(dataset(cfg, split), data.eval_batch_size, data.num_workers, device)
+    df = separability(model, loader, device)
+    write_json(path, df.to_dict(orient="list"))
+    return df
+
+
+def separability_table(runs: list[Run], data: Config, table: str, prefix: str,
+                       checkpoint: str | None = None
+                       ) -> tuple[pd.DataFrame, dict[str, pd.Series]]:
+    """Mean J over normal, cancer and all test images, paper beside run; and J per image."""
+    from pixelcam.analysis import separability_summary
+
+    checkpoint = checkpoint or data.select
+    paper = paper_rows(table, prefix)
+    rows, per_image = [], {}
+    for base, pix in pairs(runs):
+        for run in (base, pix):
+            label = method_label(run)
+            df = separability_on(run, data, checkpoint)
+            per_image[label] = df["j"]
+            summary = separability_summary(df, ("normal", "cancer"))  # the paper's columns
+            row: dict[str, Any] = {"Method": label}
+            for key in ("normal", "cancer", "all"):
+                row[f"{key} paper"] = paper.get(label, {}).get(key)
+                value = summary[key]
+                row[f"{key} run"] = None if np.isnan(value) else round(float(value), 3)
+            rows.append(row)
+    return pd.DataFrame(rows).set_index("Method"), per_image
+
+
+# --- ablations: one baseline, PixelCAM variants --------------------------------------------
+
+def variant_runs(cfg: Config, method: str, variants: list[tuple[str, dict[str, Any]]],
+                 log: Log = print) -> list[tuple[str, Run]]:
+    """The baseline of `method`, then a PixelCAM run per (label, params changes)."""
+    mcfg = config_for_method(cfg, method)
+    base = get_baseline(mcfg, log)
+    out = [(method_label(base), base)]
+    for label, changes in variants:
+        out.append((label, get_pixelcam(mcfg.replace(**changes), log, base)))
+    return out
+
+
+def variant_table(rows: list[tuple[str, Run]], cfg: Config, table: str,
+                  paper_label: dict[str, str] | None = None) -> pd.DataFrame:
+    """PxAP and CL of labelled runs beside the paper's table."""
+    entries = [(label, scores(run.test(cfg.select))) for label, run in rows]
+    return comparison(entries, table, cfg.dataset, paper_label=paper_label)
+
+
+def parse_values(text: str, kind: type) -> list[Any]:
+    """A comma-separated params value ("1,5,10") as numbers."""
+    return [kind(v) for v in text.split(",") if v.strip()]
+
+
+# --- Table 18: pseudo-labels from a model trained on the other dataset ---------------------
+
+def external_table(cfg: Config, method: str = "layercam", log: Log = print) -> pd.DataFrame:
+    """Same vs external pseudo-labels for every dataset the notebook covers."""
+    rows = []
+    for name in cfg.dataset_names:
+        dcfg = config_for_method(cfg.for_dataset(name), method)
+        other = other_dataset(name)
+        same = get_or_train(dcfg, log)
+        external_base = get_baseline(dcfg.for_dataset(other), log)
+        external = get_pixelcam(dcfg.replace(cam_source=other), log)
+        for run, res, source in (
+            (same["baseline"], same["baseline"].test(cfg.select), "same"),
+            (same["pixelcam"], same["pixelcam"].test(cfg.select), "same"),
+            (external_base, evaluate_on(external_base, dcfg, cfg.select, log=log), "external"),
+            (external, external.test(cfg.select), "external"),
+        ):
+            table = comparison([(method_label(run), scores(res))], "table18", f"{name}_{source}")
+            table.insert(0, "Pseudo-labels", source)
+            table.insert(0, "Dataset", name)
+            rows.append(table)
+    return pd.concat(rows)
+
+
+# --- Figures 4, 5, 9, 10: stain shift --------------------------------------------------------
+
+def stain_levels_for(cfg: Config, log: Log = print):
+    """The frozen stain levels of cfg's dataset restained with the other dataset's styles."""
+    from pixelcam.data.stain import StainLevels, fit_stain_levels
+
+    if cfg.stain_levels_file:
+        return StainLevels.load(cfg.stain_levels_file)
+    target = cfg.for_dataset(other_dataset(cfg.dataset))
+    s_root, s_fold = data_paths(cfg)
+    t_root, t_fold = data_paths(target)
+    name = f"levels-{data_key(cfg, 'train')}-{data_key(target, 'train')}-{cfg.stain_levels}.json"
+    path = Path(cfg.cache_dir) / "stain" / name
+    if path.exists():
+        return StainLevels.load(path)
+    levels = fit_stain_levels(s_root, s_fold, t_root, t_fold, n_levels=cfg.stain_levels,
+                              seed=cfg.seed)
+    levels.save(path)
+    log(f"[stain] fitted {len(levels.levels)} levels from {levels.n_candidates} candidates "
+        f"({levels.n_failed} failed) into {path}")
+    return levels
+
+
+def stain_shift(cfg: Config, runs: list[Run], log: Log = print
+                ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """CL and PxAP of each run on cfg's test set restained to every level (0 = original)."""
+    from pixelcam.data.stain import write_restained_split
+
+    levels = stain_levels_for(cfg, log)
+    root, fold = data_paths(cfg)
+    out_dir = Path(cfg.cache_dir) / "stain" / f"test-{data_key(cfg, 'test')}-{levels.digest()[:12]}"
+    manifest = write_restained_split(root, fold, "test", levels, out_dir)
+    datas = [(0, cfg)] + [
+        (entry["level"], cfg.replace(data_root=str(entry["data_root"]),
+                                     fold_dir=str(entry["fold_dir"])))
+        for entry in manifest["levels"]]
+    rows = []
+    for run in runs:
+        for level, data in datas:
+            res = evaluate_on(run, data, cfg.select, log=log)
+            for metric, value in scores(res).items():
+                rows.append({"level": level, "method": method_label(run),
+                             "metric": {"pxap": "PxAP", "cl": "CL"}[metric], "value": value})
+    return pd.DataFrame(rows), manifest
+
+
+def stain_level_table(manifest: dict[str, Any]) -> pd.DataFrame:
+    """Per level: the target image, its distance to the source stain, images that fell back."""
+    rows = [{"level": e["level"], "target image": e.get("target_image_id", ""),
+             "distance": e.get("distance"), "images": e["n_images"],
+             "fallbacks": e["n_fallback"]} for e in manifest["levels"]]
+    return pd.DataFrame(rows).set_index("level")
+
+
+def stain_strip(manifest: dict[str, Any], cfg: Config, index: int = 0):
+    """One test image at level 0 (original) and at every stain level."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    root, fold = data_paths(cfg)
+    record = dataset(cfg, "test").records[index]
+    paths = [root / record.image_id] + [Path(e["data_root"]) / record.image_id
+                                        for e in manifest["levels"]]
+    fig, axes = plt.subplots(1, len(paths), figsize=(1.6 * len(paths), 1.9), squeeze=False)
+    for level, (ax, path) in enumerate(zip(axes[0], paths)):
+        with Image.open(path) as im:
+            ax.imshow(np.asarray(im.convert("RGB")))
+        ax.set_title(f"level {level}", fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+# --- Table 11: complexity -------------------------------------------------------------------
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def complexity_table(cfg: Config, repeats: int = 10) -> pd.DataFrame:
+    """Time to a full-size map for one random image, and parameter counts, per Table 11 row.
+
+    Timings are medians over `repeats` after two warm-up passes, on cfg's device; the paper's
+    were taken on an RTX A6000 GPU, so only the ratios between rows compare.
+    """
+    device = resolve_device(cfg.device)
+    paper = paper_table_rows("table11")
+    rows = []
+    size = (cfg.image_size, cfg.image_size)
+    for method in cfg.methods:
+        mcfg = config_for_method(cfg, method)
+        kinds = ["baseline"] + (["negev"] if cfg.table_negev and method != "sat" else []) + [
+            "pixelcam"]
+        for kind in kinds:
+            model = model_for(kind, mcfg).to(device).eval()
+            map_method = {"baseline": mcfg.map_method, "pixelcam": "pixelcam",
+                          "negev": "negev"}[kind]
+            msize = (mcfg.image_size, mcfg.image_size)  # SAT: DeiT-Tiny's 224x224
+            rows.append(_time_row(kind, mcfg, model, map_method, msize, device, repeats, paper))
+    if cfg.table_unet:
+        model = model_for("unet", cfg).to(device).eval()
+        rows.append(_time_row("unet", cfg, model, "unet", size, device, repeats, paper))
+    return pd.DataFrame(rows).set_index("Method")
+
+
+def paper_table_rows(table: str) -> dict[str, dict[str, Any]]:
+    from pixelcam.report import paper_table
+
+    return paper_table(table)["rows"]
+
+
+def _time_row(kind: str, cfg: Config, model: torch.nn.Module, map_method: str,
+              size: tuple[int, int], device: torch.device, repeats: int,
+              paper: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x = torch.rand(1, 3, *size, generator=gen).to(device)
+    y = torch.zeros(1, dtype=torch.long, device=device)
+    times = []
+    for i in range(repeats + 2):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        compute_maps(map_method, model, x, y, size=size)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    label = _label(kind, cfg.method)
+    ref = paper.get(label, {})
+    return {"Method": label, "time paper (ms)": ref.get("time_ms"),
+            "time run (ms)": round(1000 * float(np.median(times)), 1),
+            "params paper": ref.get("params"), "params run": count_parameters(model)}
+
+
+def _label(kind: str, method: str) -> str:
+    if kind == "unet":
+        return "U-Net"
+    return METHOD_NAMES[method] + {"pixelcam": " + PixelCAM", "negev": " + NEGEV"}.get(kind, "")
+
+
+# --- Figures 19-24: t-SNE of pixel features --------------------------------------------------
+
+def tsne_columns(pair: tuple[Run, Run], data: Config, labels: list[int],
+                 checkpoint: str | None = None) -> dict[str, dict[str, Any]]:
+    """For the first `tsne_images` test images of each class in `labels`: the baseline's and
+    PixelCAM's pixel-feature embeddings (and PixelCAM's pixel logits), keyed by image name."""
+    from pixelcam.analysis import pixel_embedding
+    from pixelcam.report import pick_images
+
+    checkpoint = checkpoint or data.select
+    device = resolve_device(data.device)
+    base, pix = pair
+    out: dict[str, dict[str, Any]] = {}
+    models = {"baseline": base.load_model(checkpoint, device),
+              "pixelcam": pix.load_model(checkpoint, device)}
+    for which, run in (("baseline", base), ("pixelcam", pix)):
+        label = method_label(run)
+        ds = dataset(with_data_of(run.config, data), "test")
+        all_labels = [r.label for r in ds.records]
+        chosen = [i for i in pick_images(all_labels, data.tsne_images) if all_labels[i] in labels]
+        for i in chosen:
+            item = ds[i]
+            name = f"{CLASS_NAMES[data.dataset][all_labels[i]]} #{i}"
+            with torch.no_grad():
+                emb = pixel_embedding(models[which], item["image"].to(device), item["mask"],
+                                      max_pixels=data.tsne_pixels, seed=data.seed)
+            out.setdefault(name, {})[label] = emb
+    return out
