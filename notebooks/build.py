@@ -167,27 +167,28 @@ kit uses the test split of the target's `fold_dir`.
 """,
     [
         md("## Table 3: PxAP and CL on the target test set"),
-        code('''table3, sources = {}, [name for name in ("camelyon16", "glas") if name in cfg.dataset_names]
+        code('''sources = [name for name in ("camelyon16", "glas") if name in cfg.dataset_names]
+# the models of notebook 01, trained on each source dataset (reused from the run cache)
+source_runs = {source: ex.dataset_runs(cfg.replace(datasets=source))[source] for source in sources}
+table3 = {}
 for source in sources:
     target = ex.other_dataset(source)
-    table3[source] = ex.ood_table(cfg, source)
+    table3[source] = ex.ood_table(cfg, source, source_runs[source])
     display(Markdown(f"### {DATASET_NAMES[source]} → {DATASET_NAMES[target]}\\n"
                      f"{data_note(cfg.for_dataset(target))}"), table3[source])'''),
         md("## Table 5 and Figures 7, 8: separability J of the pixel features on the target"),
         code('''table5 = {}
 for source in sources:
     target = ex.other_dataset(source)
-    rows = ex.dataset_runs(cfg.replace(datasets=source))[source]
-    table5[source], per_image = ex.separability_table(rows, cfg.for_dataset(target), "table5",
-                                                      target)
+    table5[source], per_image = ex.separability_table(source_runs[source], cfg.for_dataset(target),
+                                                      "table5", target)
     display(Markdown(f"### {DATASET_NAMES[source]} → {DATASET_NAMES[target]}"), table5[source],
             separability_hist(per_image))'''),
         md("## Figures 15–18: maps of the source models on target test images"),
         code('''for source in sources:
     target = ex.other_dataset(source)
-    rows = ex.dataset_runs(cfg.replace(datasets=source))[source]
     display(Markdown(f"### {DATASET_NAMES[source]} → {DATASET_NAMES[target]}"))
-    display(map_grid([r for r in rows if r.kind in ("baseline", "pixelcam")],
+    display(map_grid([r for r in source_runs[source] if r.kind in ("baseline", "pixelcam")],
                      cfg.for_dataset(target)))'''),
         code('''metrics, headline, named_runs = {}, {}, {}
 for source in sources:
@@ -198,8 +199,7 @@ for source in sources:
         if row in table3[source].index:
             headline[f"{DATASET_NAMES[source]}→{DATASET_NAMES[target]} {row} PxAP"] = \\
                 table3[source].loc[row, "PxAP run"]
-    rows = ex.dataset_runs(cfg.replace(datasets=source))[source]
-    named_runs.update({f"{source} / {method_label(r)}": r for r in rows})'''),
+    named_runs.update({f"{source} / {method_label(r)}": r for r in source_runs[source]})'''),
     ],
     ", map_grid, method_label\nfrom pixelcam.figures import separability_hist",
 )

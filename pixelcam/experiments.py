@@ -101,22 +101,25 @@ def ttest_table(runs: list[Run], cfg: Config, table: str = "table2",
 
 # --- Table 3: out of distribution ----------------------------------------------------------
 
-def ood_rows(cfg: Config, source: str, log: Log = print
+def ood_rows(cfg: Config, source: str, runs: list[Run] | None = None, log: Log = print
              ) -> tuple[str, list[tuple[Run, dict[str, Any]]]]:
     """Every Table 1 run trained on `source`, evaluated on the other dataset's test split."""
     target = other_dataset(source)
     tcfg = cfg.for_dataset(target)
+    if runs is None:
+        runs = dataset_runs(cfg.replace(datasets=source), log)[source]
     out = []
-    for run in dataset_runs(cfg.replace(datasets=source), log)[source]:
+    for run in runs:
         if run.kind == "unet":  # Table 3 has no U-Net row
             continue
         out.append((run, evaluate_on(run, tcfg, cfg.select, log=log)))
     return target, out
 
 
-def ood_table(cfg: Config, source: str, log: Log = print) -> pd.DataFrame:
+def ood_table(cfg: Config, source: str, runs: list[Run] | None = None, log: Log = print
+              ) -> pd.DataFrame:
     """Table 3 for one direction: PxAP and CL on the target test set (paper columns = target)."""
-    target, rows = ood_rows(cfg, source, log)
+    target, rows = ood_rows(cfg, source, runs, log)
     return comparison([(method_label(run), scores(res)) for run, res in rows], "table3", target)
 
 
