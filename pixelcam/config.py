@@ -137,7 +137,11 @@ class Config:
         """This config on another dataset, with that dataset's overrides applied."""
         if name not in DATASETS:
             raise ConfigError(f"dataset {name!r} is not valid: use one of {', '.join(DATASETS)}")
-        return self.replace(dataset=name, **getattr(self, name))
+        changes = dict(getattr(self, name))
+        if self.method == "sat":  # DeiT-Tiny/16 keeps its 224x224 input on every dataset
+            changes.pop("image_size", None)
+            changes.pop("resize_size", None)
+        return self.replace(dataset=name, **changes)
 
     @property
     def methods(self) -> list[str]:

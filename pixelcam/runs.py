@@ -160,7 +160,7 @@ class Run:
     @property
     def config(self) -> Config:
         """The params this run was trained with."""
-        return load_config(None, self.results["config"])
+        return load_config(None, self.results["config"], check_datasets=False)
 
     def load_model(self, checkpoint: str, device: torch.device | None = None) -> torch.nn.Module:
         cfg = self.config

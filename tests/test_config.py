@@ -146,3 +146,13 @@ def test_external_pseudo_labels_change_the_pixelcam_hash_only():
     assert pixelcam_key(cfg.replace(cam_source="glas")) == pixelcam_key(cfg)
     # the external baseline's own settings are part of the hash
     assert pixelcam_key(ext) != pixelcam_key(ext.replace(camelyon16={"epochs": 3}))
+
+
+def test_a_dataset_block_does_not_resize_sat():
+    cfg = load_config(None, {"datasets": "glas,camelyon16", "method": "sat", "image_size": 224,
+                             "resize_size": 256,
+                             "camelyon16": {"image_size": 96, "resize_size": 112, "epochs": 3}})
+    cam = cfg.for_dataset("camelyon16")
+    assert (cam.image_size, cam.resize_size, cam.epochs) == (224, 256, 3)
+    cnn = cfg.replace(method="layercam").for_dataset("camelyon16")
+    assert (cnn.image_size, cnn.resize_size) == (96, 112)
