@@ -67,6 +67,37 @@ QUICK_NOTE = """The **quick** profile runs on the embedded synthetic look-alikes
 CPU: its numbers are not comparable to the paper's; they show that each experiment runs end to
 end. The **paper** profile runs the same cells on the real data with the paper's settings."""
 
+_VARIANTS_CELL = '''# (label suffix, params changes) of each PixelCAM variant
+settings = VARIANTS
+variants, TABLE = {}, {}
+for name in cfg.dataset_names:
+    dcfg = cfg.for_dataset(name)
+    variants[name] = ex.method_variants(dcfg, cfg.methods, settings)
+    TABLE[name] = ex.variant_table(variants[name], dcfg, "TABLE")
+    display(Markdown(f"### TITLE{DATASET_NAMES[name]}\\n{data_note(dcfg)}"), TABLE[name])'''
+
+
+def variants_cell(table: str, variants: str, title: str = "") -> nbformat.NotebookNode:
+    """The first cell of notebooks 04, 07, 08: each method's baseline and PixelCAM variants."""
+    return code(_VARIANTS_CELL.replace("TABLE", table).replace("VARIANTS", variants)
+                .replace("TITLE", title))
+
+
+_SWEEP_CELL = '''values = VALUES
+variants, TABLE = {}, {}
+for name in cfg.dataset_names:
+    dcfg = cfg.for_dataset(name)
+    variants[name] = ex.variant_runs(dcfg, cfg.method, [VARIANT for v in values])
+    TABLE[name] = ex.variant_table(variants[name], dcfg, "TABLE")
+    display(Markdown(f"### {DATASET_NAMES[name]}\\n{data_note(dcfg)}"), TABLE[name])'''
+
+
+def sweep_cell(table: str, values: str, variant: str) -> nbformat.NotebookNode:
+    """The first cell of notebooks 05, 06: one PixelCAM run per value of a params list."""
+    return code(_SWEEP_CELL.replace("TABLE", table).replace("VALUES", values)
+                .replace("VARIANT", variant))
+
+
 # last cells of the sweeps (FRAMES: the table's variable, TABLE: its name)
 _SWEEP_FINISH = '''metrics, headline, named_runs = {}, {}, {}
 for name, rows in variants.items():
@@ -224,6 +255,8 @@ for name in cfg.dataset_names:
     pair = ex.get_or_train(dcfg)
     curves[name], manifest = ex.stain_shift(dcfg, [pair["baseline"], pair["pixelcam"]])
     levels_info[name] = manifest
+    # the frozen levels, beside the report: pass it as stain_levels_file to reuse them anywhere
+    ex.stain_levels_for(dcfg).save(f"{output_dir}/stain-levels-{name}.json")
     named_runs.update({f"{name} / {method_label(r)}": r for r in pair.values()})'''),
         md("## Figures 4, 5 (GlaS) and 9, 10 (CAMELYON16): CL and PxAP over stain levels"),
         code('''for name, df in curves.items():
@@ -259,18 +292,10 @@ NOTEBOOKS["04_ablation_depth"] = (
                            "(three 1x1 convolutions, halving the width each time), in "
                            "distribution (Table 12) and out of distribution (Table 13)."),
     [
-        code('''variants, table12, table13 = {}, {}, {}
-for name in cfg.dataset_names:
-    dcfg = cfg.for_dataset(name)
-    rows = []
-    for method in cfg.methods:
-        label = ex.METHOD_NAMES[method]
-        rows += ex.variant_runs(dcfg, method, [
-            (f"{label} + PixelCAM (linear)", {"pixel_head": "linear"}),
-            (f"{label} + PixelCAM (multi-layer)", {"pixel_head": "multi_layer"})])
-    variants[name] = rows
-    table12[name] = ex.variant_table(rows, dcfg, "table12")
-    display(Markdown(f"### Table 12, {DATASET_NAMES[name]}\\n{data_note(dcfg)}"), table12[name])'''),
+        variants_cell("table12", '[("linear", {"pixel_head": "linear"}),\n'
+                      '            ("multi-layer", {"pixel_head": "multi_layer"})]',
+                      "Table 12, "),
+        code("table13 = {}"),
         code('''for name, rows in variants.items():
     target = ex.other_dataset(name)
     tcfg = cfg.for_dataset(target)
@@ -293,14 +318,8 @@ NOTEBOOKS["05_ablation_n"] = (
     _ABLATION_INTRO.format(what="n foreground and n background pixels are sampled per image at every "
                            "step (`n_values`), with the CAMs of `method` (GradCAM++ in the paper)."),
     [
-        code('''variants, table16 = {}, {}
-for name in cfg.dataset_names:
-    dcfg = cfg.for_dataset(name)
-    values = ex.parse_values(cfg.n_values, int)
-    variants[name] = ex.variant_runs(dcfg, cfg.method, [(f"n={n}", {"n_fg": n, "n_bg": n})
-                                                      for n in values])
-    table16[name] = ex.variant_table(variants[name], dcfg, "table16")
-    display(Markdown(f"### {DATASET_NAMES[name]}\\n{data_note(dcfg)}"), table16[name])'''),
+        sweep_cell("table16", "ex.parse_values(cfg.n_values, int)",
+                   '(f"n={v}", {"n_fg": v, "n_bg": v})'),
         code(_SWEEP_FINISH.replace("FRAMES", "table16").replace("TABLE", "table16")),
     ],
 )
@@ -310,14 +329,8 @@ NOTEBOOKS["06_ablation_lambda"] = (
     _ABLATION_INTRO.format(what="The total loss is image CE + λ · partial pixel CE (`lam_values`), "
                            "with LayerCAM CAMs as pseudo-labels, as in the paper."),
     [
-        code('''variants, table17 = {}, {}
-for name in cfg.dataset_names:
-    dcfg = cfg.for_dataset(name)
-    values = ex.parse_values(cfg.lam_values, float)
-    variants[name] = ex.variant_runs(dcfg, cfg.method, [(f"lambda={lam:g}", {"lam": lam})
-                                                      for lam in values])
-    table17[name] = ex.variant_table(variants[name], dcfg, "table17")
-    display(Markdown(f"### {DATASET_NAMES[name]}\\n{data_note(dcfg)}"), table17[name])'''),
+        sweep_cell("table17", "ex.parse_values(cfg.lam_values, float)",
+                   '(f"lambda={v:g}", {"lam": v})'),
         code(_SWEEP_FINISH.replace("FRAMES", "table17").replace("TABLE", "table17")),
     ],
 )
@@ -328,18 +341,8 @@ NOTEBOOKS["07_ablation_model_selection"] = (
                            "valpx PxAP, the default) or of its B-CL checkpoint (best valcl "
                            "accuracy)."),
     [
-        code('''variants, table14 = {}, {}
-for name in cfg.dataset_names:
-    dcfg = cfg.for_dataset(name)
-    rows = []
-    for method in cfg.methods:
-        label = ex.METHOD_NAMES[method]
-        rows += ex.variant_runs(dcfg, method, [
-            (f"{label} + PixelCAM (B-LOC CAM)", {"cam_checkpoint": "b-loc"}),
-            (f"{label} + PixelCAM (B-CL CAM)", {"cam_checkpoint": "b-cl"})])
-    variants[name] = rows
-    table14[name] = ex.variant_table(rows, dcfg, "table14")
-    display(Markdown(f"### {DATASET_NAMES[name]}\\n{data_note(dcfg)}"), table14[name])'''),
+        variants_cell("table14", '[("B-LOC CAM", {"cam_checkpoint": "b-loc"}),\n'
+                      '            ("B-CL CAM", {"cam_checkpoint": "b-cl"})]'),
         code(_PAIR_FINISH.replace("FRAMES", "table14").replace("TABLE", "table14")),
     ],
 )
@@ -350,18 +353,7 @@ NOTEBOOKS["08_ablation_sampling"] = (
                            "(eroded) and in its lowest region; PB (default): foreground seeds "
                            "drawn with probability proportional to the CAM."),
     [
-        code('''variants, table15 = {}, {}
-for name in cfg.dataset_names:
-    dcfg = cfg.for_dataset(name)
-    rows = []
-    for method in cfg.methods:
-        label = ex.METHOD_NAMES[method]
-        rows += ex.variant_runs(dcfg, method, [
-            (f"{label} + PixelCAM (TH)", {"seeder": "th"}),
-            (f"{label} + PixelCAM (PB)", {"seeder": "pb"})])
-    variants[name] = rows
-    table15[name] = ex.variant_table(rows, dcfg, "table15")
-    display(Markdown(f"### {DATASET_NAMES[name]}\\n{data_note(dcfg)}"), table15[name])'''),
+        variants_cell("table15", '[("TH", {"seeder": "th"}), ("PB", {"seeder": "pb"})]'),
         code(_PAIR_FINISH.replace("FRAMES", "table15").replace("TABLE", "table15")),
     ],
 )

@@ -179,6 +179,17 @@ def variant_runs(cfg: Config, method: str, variants: list[tuple[str, dict[str, A
     return out
 
 
+def method_variants(cfg: Config, methods: list[str], variants: list[tuple[str, dict[str, Any]]],
+                    log: Log = print) -> list[tuple[str, Run]]:
+    """Per method: its baseline, then "<Method> + PixelCAM (<suffix>)" per (suffix, changes)."""
+    rows: list[tuple[str, Run]] = []
+    for method in methods:
+        label = METHOD_NAMES[method]
+        rows += variant_runs(cfg, method, [(f"{label} + PixelCAM ({suffix})", changes)
+                                           for suffix, changes in variants], log)
+    return rows
+
+
 def variant_table(rows: list[tuple[str, Run]], cfg: Config, table: str,
                   paper_label: dict[str, str] | None = None) -> pd.DataFrame:
     """PxAP and CL of labelled runs beside the paper's table."""

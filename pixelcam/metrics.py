@@ -101,6 +101,21 @@ def _estimate_never_low(edges_up: Tensor, num_thresholds: int) -> bool:
     return bool((est >= k).all())
 
 
+def _check_update(where: str, maps: Tensor, masks: Tensor, ignore: Tensor | None) -> None:
+    """The shared input checks of the PxAP metrics' update()."""
+    if maps.shape != masks.shape:
+        raise ValueError(
+            f"{where}: maps {tuple(maps.shape)} and masks {tuple(masks.shape)} must "
+            "have the same shape (resize the maps to the mask size first)"
+        )
+    if ignore is not None and ignore.shape != maps.shape:
+        raise ValueError(
+            f"{where}: ignore {tuple(ignore.shape)} must have the maps' shape {tuple(maps.shape)}"
+        )
+    if not torch.is_floating_point(maps):
+        raise ValueError(f"{where}: maps must be floating point, got {maps.dtype}")
+
+
 class PxAP:
     """Streaming dataset-level PxAP: only two int64 histograms are kept, on the inputs' device.
 
@@ -175,18 +190,7 @@ class PxAP:
         ``ignore`` (same shape, nonzero = excluded) removes pixels from both histograms, as the
         ignore masks of wsolevaluation do.
         """
-        if maps.shape != masks.shape:
-            raise ValueError(
-                f"PxAP.update: maps {tuple(maps.shape)} and masks {tuple(masks.shape)} must "
-                "have the same shape (resize the maps to the mask size first)"
-            )
-        if ignore is not None and ignore.shape != maps.shape:
-            raise ValueError(
-                f"PxAP.update: ignore {tuple(ignore.shape)} must have the maps' shape "
-                f"{tuple(maps.shape)}"
-            )
-        if not torch.is_floating_point(maps):
-            raise ValueError(f"PxAP.update: maps must be floating point, got {maps.dtype}")
+        _check_update("PxAP.update", maps, masks, ignore)
         values = maps.detach().reshape(-1)  # half precision is widened chunk by chunk
         device = values.device
         if self.hist_pos.device != device:
@@ -458,18 +462,10 @@ class ResampledPxAP:
         ``indices`` are positions in the split (``batch["index"]``), in ``[0, n_images)``: they
         pick each image's column of the multiplicity matrix.
         """
-        if maps.ndim != 3 or maps.shape != masks.shape:
-            raise ValueError(
-                f"ResampledPxAP.update: expected maps and masks (B,H,W) of the same shape, got "
-                f"{tuple(maps.shape)} and {tuple(masks.shape)}"
-            )
-        if ignore is not None and ignore.shape != maps.shape:
-            raise ValueError(
-                f"ResampledPxAP.update: ignore {tuple(ignore.shape)} must have the maps' shape "
-                f"{tuple(maps.shape)}"
-            )
-        if not torch.is_floating_point(maps):
-            raise ValueError(f"ResampledPxAP.update: maps must be floating point, got {maps.dtype}")
+        if maps.ndim != 3:
+            raise ValueError(f"ResampledPxAP.update: expected maps (B,H,W), got "
+                             f"{tuple(maps.shape)}")
+        _check_update("ResampledPxAP.update", maps, masks, ignore)
         idx = torch.as_tensor(indices).reshape(-1).long().cpu()
         b = maps.shape[0]
         if idx.numel() != b:

@@ -296,16 +296,21 @@ def _sample(records: list[Record], limit: int, seed: int, stream: int) -> list[R
 Fit = tuple[str, np.ndarray, np.ndarray]  # image id, he, max_c
 
 
+def _image_path(root: Path, record: Record) -> Path:
+    path = root / record.image_id
+    if not path.is_file():
+        raise DataError(
+            f"image {path} (id {record.image_id!r}) does not exist: check the data root "
+            f"({root}) or remove the image from the fold files"
+        )
+    return path
+
+
 def _fit_all(root: Path, records: list[Record]) -> tuple[list[Fit], int]:
     """Fits of the images that can be fitted, and how many could not."""
     fits, failed = [], 0
     for r in records:
-        path = root / r.image_id
-        if not path.is_file():
-            raise DataError(
-                f"image {path} (id {r.image_id!r}) does not exist: check the data root ({root}) "
-                f"or remove the image from the fold files"
-            )
+        path = _image_path(root, r)
         try:
             he, max_c = fit_macenko(_read_rgb(path))
         except StainFitError:
@@ -626,12 +631,7 @@ def write_restained_split(
     roots = [out_dir / name for name in names]
     n_fallback = 0
     for r in records:
-        src = data_root / r.image_id
-        if not src.is_file():
-            raise DataError(
-                f"image {src} (id {r.image_id!r}) does not exist: check data_root ({data_root}) "
-                f"or remove the image from the fold files"
-            )
+        src = _image_path(data_root, r)
         rgb = _read_rgb(src)
         he, max_c, fell_back = _own_stain(rgb, fallback_he, fallback_mc, IO, ALPHA, BETA)
         n_fallback += fell_back
