@@ -215,6 +215,9 @@ def _train_run(kind: str, key: str, run_dir: Path, cfg: Config, phase: PhaseSpec
         "provenance": provenance(cfg, device, started=started),
     }
     write_json(run_dir / "results.json", results)  # written last: marks the run complete
+    # the resume state (weights + optimiser) is dead weight once the run is complete: ~2x the
+    # model's size per run, which adds up to gigabytes over a profile
+    (run_dir / "state.pt").unlink(missing_ok=True)
     distributed.barrier()
     return Run(kind, key, run_dir, results, reused=False)
 
