@@ -296,6 +296,7 @@ def stain_strip(manifest: dict[str, Any], cfg: Config, index: int = 0):
         ax.set_title(f"level {level}", fontsize=8)
         ax.axis("off")
     fig.tight_layout()
+    plt.close(fig)  # shown once, where the caller displays it, not again at the end of the cell
     return fig
 
 

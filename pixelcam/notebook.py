@@ -22,8 +22,21 @@ def project_root(start: Path | None = None) -> Path:
                       "start JupyterLab inside the pixelcam-kit checkout")
 
 
+def _inline_figures() -> None:
+    """In a kernel, show every matplotlib Figure as an image, also the pyplot-free ones that
+    pixelcam.figures builds (the inline formatter is otherwise set up by importing pyplot)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and hasattr(shell, "run_line_magic"):
+        shell.run_line_magic("matplotlib", "inline")
+
+
 def start(name: str, profile: str, params: Mapping[str, Any]) -> tuple[Config, float]:
     """Load params/<profile>/<name>.yaml with the injected params on top; chdir to the root."""
+    _inline_figures()
     root = project_root()
     os.chdir(root)  # relative paths in params (cache_dir, data_root) mean the same everywhere
     cfg = load_config(root / "params" / profile / f"{name}.yaml", dict(params))

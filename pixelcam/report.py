@@ -178,6 +178,7 @@ def map_grid(runs: list[Run], cfg: Config, checkpoint: str | None = None,
             if r == 0:
                 ax.set_title(titles[c], fontsize=8)
     fig.tight_layout()
+    plt.close(fig)  # shown once, where the caller displays it, not again at the end of the cell
     return fig
 
 
@@ -229,4 +230,5 @@ def history_plot(runs: list[Run]) -> plt.Figure:
     axes[1].set(title="valcl accuracy (B-CL at the dotted line)", xlabel="epoch", ylabel="CL %")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
+    plt.close(fig)  # shown once, where the caller displays it, not again at the end of the cell
     return fig

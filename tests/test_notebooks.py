@@ -83,6 +83,11 @@ def test_paper_profile_without_data_stops_before_the_kernel(monkeypatch, tmp_pat
     assert result.seconds < 5
 
 
+# figures per notebook on the smoke profile (both datasets, one method or two)
+FIGURES = {"01_main_tables": 6, "02_ood": 4, "03_stain_shift": 4, "09_complexity": 1,
+           "12_feature_tsne": 6}
+
+
 def test_every_notebook_runs_on_the_smoke_profile(tmp_path):
     """CI's papermill run of all twelve notebooks on tiny synthetic data (about 3 minutes)."""
     logs = []
@@ -98,4 +103,16 @@ def test_every_notebook_runs_on_the_smoke_profile(tmp_path):
         assert f'href="{name}.html"' in index
         html = (out / f"{name}.html").read_text()
         assert "from pixelcam" not in html  # code hidden
-        assert "data:image/png;base64" in html  # figures embedded in the one file
+        executed = nbformat.read(out / f"{name}.ipynb", as_version=4)
+        shown = [o.data for c in executed.cells if c.cell_type == "code"
+                 for o in c.outputs if "data" in o]
+        images = [d["image/png"] for d in shown if "image/png" in d]
+        assert len(images) == FIGURES.get(name, 0), name  # the paper's figures, each shown once
+        assert all(image.replace("\n", "")[-80:] in html for image in images)  # embedded
+        as_text = [d["text/plain"] for d in shown
+                   if d.get("text/plain", "").startswith("<Figure") and "image/png" not in d]
+        assert not as_text, f"{name}: figures shown as text, not images: {as_text}"
+        for cell in executed.cells:
+            images = [o.data["image/png"] for o in cell.get("outputs", [])
+                      if "image/png" in o.get("data", {})]
+            assert len(images) == len(set(images)), f"{name}: a figure is shown twice"
