@@ -1,14 +1,21 @@
-"""PixelCAM training losses: the partial (seed-only) pixel cross-entropy and the joint objective."""
+"""Training losses: PixelCAM's partial (seed-only) pixel cross-entropy and joint objective, and
+NEGEV's seed, local-CRF, size and negative-sample terms."""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pixelcam.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from pixelcam.errors import ConfigError, DataError
 from pixelcam.sampler import IGNORE_INDEX
 
-__all__ = ["partial_cross_entropy", "pixelcam_objective"]
+__all__ = ["partial_cross_entropy", "pixelcam_objective", "denormalize", "local_crf_loss",
+           "elb_penalty", "negev_losses"]
 
 
 def partial_cross_entropy(
@@ -65,3 +72,174 @@ def pixelcam_objective(
     loss_px = partial_cross_entropy(pixel_logits, target, rows=rows)
     total = loss_cl + lam * loss_px
     return total, {"loss_cl": loss_cl.detach(), "loss_px": loss_px.detach()}
+
+
+# --- NEGEV (two-step baseline): the decoder's training terms ---------------------------------
+
+def denormalize(
+    images: Tensor,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Tensor:
+    """Loader images (ImageNet-normalised) back to RGB 0..255, the scale sigma_rgb=15 assumes."""
+    m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return ((images * s + m) * 255.0).clamp(0.0, 255.0)
+
+
+def _half_window(kernel_size: int) -> list[tuple[int, int]]:
+    r = kernel_size // 2
+    return [(dy, dx) for dy in range(r + 1) for dx in range(-r, r + 1) if dy > 0 or dx > 0]
+
+
+def local_crf_loss(
+    probs: Tensor,
+    images: Tensor,
+    sigma_rgb: float = 15.0,
+    sigma_xy: float = 100.0,
+    kernel_size: int = 9,
+    scale: float = 1.0,
+) -> Tensor:
+    """Local Potts CRF energy, batch mean of sum_{i != j in k x k} w_ij S_i^T (1 - S_j).
+
+    ``probs`` (B,C,H,W) softmax maps, ``images`` (B,3,H,W) RGB in 0..255 (unnormalised, as the
+    official loss). See the module docstring for the approximation and its cost.
+    """
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ConfigError(f"crf kernel_size={kernel_size!r} must be an odd integer >= 1, e.g. 9.")
+    if not 0.0 < scale <= 1.0:
+        raise ConfigError(f"crf scale={scale!r} must lie in (0, 1]; 1.0 uses the full grid.")
+    if sigma_rgb <= 0 or sigma_xy <= 0:
+        raise ConfigError(
+            f"crf sigmas must be > 0, got sigma_rgb={sigma_rgb!r}, sigma_xy={sigma_xy!r}."
+        )
+    if probs.ndim != 4 or images.ndim != 4 or images.shape[0] != probs.shape[0]:
+        raise ValueError(
+            f"local_crf_loss: expected probs (B,C,H,W) and images (B,3,H,W), got "
+            f"{tuple(probs.shape)} and {tuple(images.shape)}"
+        )
+    images = images.to(probs.dtype)
+    if tuple(probs.shape[-2:]) != tuple(images.shape[-2:]):
+        probs = F.interpolate(probs, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    if scale < 1.0:
+        size = (max(1, round(images.shape[-2] * scale)), max(1, round(images.shape[-1] * scale)))
+        images = F.interpolate(images, size=size, mode="nearest")
+        probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
+    h, w = probs.shape[-2:]
+    total = probs.new_zeros(probs.shape[0])
+    for dy, dx in _half_window(kernel_size):
+        if dy >= h or abs(dx) >= w:
+            continue
+        xa = slice(0, w - dx) if dx >= 0 else slice(-dx, w)
+        xb = slice(dx, w) if dx >= 0 else slice(0, w + dx)
+        ya, yb = slice(0, h - dy), slice(dy, h)
+        with torch.no_grad():
+            colour = (images[:, :, ya, xa] - images[:, :, yb, xb]).square().sum(dim=1)
+            # offsets are on the (possibly downsampled) grid; distances stay in input pixels
+            dist2 = (dy * dy + dx * dx) / (scale * scale)
+            weight = torch.exp(-colour / (2 * sigma_rgb**2) - dist2 / (2 * sigma_xy**2))
+        s_a, s_b = probs[:, :, ya, xa], probs[:, :, yb, xb]
+        # S_i^T (1 - S_j) is symmetric in (i, j) for softmax maps, so one term counts both orders
+        pair = (s_a * (1.0 - s_b)).sum(dim=1)
+        total = total + 2.0 * (weight * pair).sum(dim=(1, 2))
+    return total.mean()
+
+
+def elb_penalty(z: Tensor, t: float = 5.0) -> Tensor:
+    """Extended log-barrier psi_t(z) for the constraint z <= 0 (Kervadec et al.), elementwise.
+
+    -log(-z)/t for z <= -1/t^2, else the tangent line t*z - log(1/t^2)/t + 1/t: finite and
+    differentiable for any z, so an infeasible start (an empty area) still gets a gradient.
+    """
+    if t <= 0:
+        raise ConfigError(f"ELB t={t!r} must be > 0 (official default 5 here).")
+    threshold = -1.0 / (t * t)
+    inside = z <= threshold
+    # the log branch is evaluated on a clamped z so that torch.where never sees a NaN gradient
+    log_branch = -torch.log(-torch.where(inside, z, torch.full_like(z, threshold))) / t
+    linear = t * z - math.log(1.0 / (t * t)) / t + 1.0 / t
+    return torch.where(inside, log_branch, linear)
+
+
+def _check_raw_images(images: Tensor) -> None:
+    lo, hi = float(images.min()), float(images.max())
+    if lo < 0.0 or hi > 255.0 or hi <= 1.0:
+        raise DataError(
+            f"negev_losses: images span [{lo:.3g}, {hi:.3g}] but the CRF term needs unnormalised "
+            "RGB in 0..255; pass pixelcam.losses.denormalize(images) for loader images."
+        )
+
+
+def negev_losses(
+    seg_logits: Tensor,
+    seeds_target: Tensor,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    lambda_seeds: float = 1.0,
+    lambda_crf: float = 2e-9,
+    sigma_rgb: float = 15.0,
+    sigma_xy: float = 100.0,
+    crf_kernel: int = 9,
+    crf_scale: float = 1.0,
+    lambda_size: float = 1.0,
+    elb_t: float = 5.0,
+    negative_samples: bool = False,
+    lambda_negative: float = 1.0,
+    seed_rows: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """The NEGEV objective; returns the raw terms and ``total`` = sum of lambda * term.
+
+    ``seg_logits`` (B,2,H,W) of the decoder; ``seeds_target`` (B,H,W) a seeder output;
+    ``images`` (B,3,H,W) RGB 0..255 (see :func:`denormalize`); ``labels`` (B,) image labels.
+    Terms: ``seeds`` partial CE (``seed_rows`` as in partial_cross_entropy); ``crf`` the local
+    CRF energy; ``size`` the ELB barrier on FG and BG area fractions (mean softmax), each
+    required > 0, summed over the two and averaged over the batch; ``negative`` (with
+    ``negative_samples``) the mean CE of label-0 images against an all-BG mask. With
+    ``negative_samples`` the size barrier skips label-0 images, whose FG must be empty. All
+    terms carry grad (a zero when no row applies) and are never NaN.
+    """
+    if seg_logits.ndim != 4 or seg_logits.shape[1] != 2:
+        raise ValueError(
+            f"negev_losses: seg_logits must be (B,2,H,W), got {tuple(seg_logits.shape)}"
+        )
+    b = seg_logits.shape[0]
+    if images.ndim != 4 or images.shape[:2] != (b, 3):
+        raise ValueError(f"negev_losses: images must be (B,3,H,W), got {tuple(images.shape)}")
+    if labels.shape != (b,):
+        raise ValueError(f"negev_losses: labels must be ({b},), got {tuple(labels.shape)}")
+    _check_raw_images(images)
+    probs = torch.softmax(seg_logits, dim=1)
+
+    loss_seeds = partial_cross_entropy(seg_logits, seeds_target, rows=seed_rows)
+    loss_crf = local_crf_loss(probs, images, sigma_rgb, sigma_xy, crf_kernel, crf_scale)
+
+    positive = labels.to(seg_logits.device) != 0
+    size_rows = positive if negative_samples else torch.ones_like(positive)
+    areas = probs.mean(dim=(2, 3))  # (B,2): BG and FG fractions
+    barrier = elb_penalty(-areas, elb_t).sum(dim=1)
+    loss_size = (barrier * size_rows).sum() / size_rows.sum().clamp(min=1)
+
+    if negative_samples:
+        bg = torch.zeros(
+            seg_logits.shape[0], *seg_logits.shape[2:], dtype=torch.long, device=seg_logits.device
+        )
+        per_image = F.cross_entropy(seg_logits, bg, reduction="none").mean(dim=(1, 2))
+        negative = ~positive
+        loss_negative = (per_image * negative).sum() / negative.sum().clamp(min=1)
+    else:
+        loss_negative = seg_logits.sum() * 0.0
+
+    total = (
+        lambda_seeds * loss_seeds
+        + lambda_crf * loss_crf
+        + lambda_size * loss_size
+        + lambda_negative * loss_negative
+    )
+    return {
+        "seeds": loss_seeds,
+        "crf": loss_crf,
+        "size": loss_size,
+        "negative": loss_negative,
+        "total": total,
+    }

@@ -440,6 +440,8 @@ def sample_seeds_th(
     hw = h * w
     k = _check_counts(name, n_fg, n_bg, min_p, hw)
     whole = None if fg_rows is None else ~_check_rows(name, fg_rows, b, c.device)
+    if b == 0:  # nothing to seed (e.g. a batch without tumour images): an empty target
+        return torch.full_like(c, IGNORE_INDEX, dtype=torch.long)
 
     c8 = (c * 255).floor().long()
     flat8 = c8.reshape(b, hw)

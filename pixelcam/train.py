@@ -29,9 +29,8 @@ from pixelcam import distributed
 from pixelcam.atomic import read_back, save_torch, write_json
 from pixelcam.config import Config
 from pixelcam.evaluate import accuracy_only, eval_loader, evaluate_split
-from pixelcam.losses import pixelcam_objective
+from pixelcam.losses import denormalize, negev_losses, pixelcam_objective
 from pixelcam.models.model import WSOLModel
-from pixelcam.models.negev import denormalize, negev_losses
 from pixelcam.models.sat import sat_losses
 from pixelcam.models.unet import segmentation_loss
 from pixelcam.sampler import sample_seeds_pb, sample_seeds_th

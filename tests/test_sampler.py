@@ -363,3 +363,11 @@ def test_box_dilation_equals_max_pool(k: int) -> None:
     mask[2, 0, 0] = True
     ref = F.max_pool2d(mask.float().unsqueeze(1), k, stride=1, padding=k // 2)[:, 0] > 0
     assert torch.equal(sampler_module._box_any(mask, k), ref)
+
+
+def test_both_seeders_accept_an_empty_batch():
+    from pixelcam.sampler import sample_seeds_pb, sample_seeds_th
+
+    for seeder in (sample_seeds_pb, sample_seeds_th):
+        target = seeder(torch.rand(0, 16, 16), n_fg=2, n_bg=2, min_p=0.2)
+        assert target.shape == (0, 16, 16) and target.dtype == torch.long

@@ -10,17 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pixelcam.errors import ConfigError, DataError, ModelError
+from pixelcam.losses import denormalize, elb_penalty, local_crf_loss, negev_losses
 from pixelcam.models.model import build_model, count_parameters
-from pixelcam.models.negev import (
-    NEGEV,
-    denormalize,
-    elb_penalty,
-    encoder_stage_channels,
-    encoder_stages,
-    local_crf_loss,
-    negev_losses,
-    negev_map,
-)
+from pixelcam.models.negev import NEGEV, encoder_stage_channels, encoder_stages, negev_map
 from pixelcam.models.unet import UNet, UNetDecoder, segmentation_loss, unet_map
 from pixelcam.sampler import IGNORE_INDEX, sample_seeds_pb
 
