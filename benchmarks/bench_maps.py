@@ -13,12 +13,12 @@ import statistics
 from pathlib import Path
 
 import torch
-from timing import wall_times
 
 from pixelcam.evaluate import resolve_device
 from pixelcam.models.cams import compute_maps
 from pixelcam.models.model import build_model
 from pixelcam.provenance import device_name, versions
+from pixelcam.timing import wall_times
 
 
 def _gradcam_runner(kind: str, model: torch.nn.Module, x: torch.Tensor, label: int):

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from timing import wall_times
 
 from pixelcam.metrics import PxAP
 from pixelcam.provenance import device_name, versions
+from pixelcam.timing import wall_times
 
 
 def make_maps(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from timing import wall_times
 
 from pixelcam.provenance import device_name, versions
 from pixelcam.sampler import IGNORE_INDEX, sample_seeds_pb, sample_seeds_th
+from pixelcam.timing import wall_times
 
 EPS = 1e-6
 

@@ -7,7 +7,6 @@ a run that two notebooks share is trained once.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -16,21 +15,24 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pixelcam.atomic import read_back, write_json
 from pixelcam.config import DATASETS, Config
-from pixelcam.evaluate import eval_loader, resolve_device
+from pixelcam.evaluate import resolve_device
 from pixelcam.metrics import paired_ttest
 from pixelcam.models.cams import compute_maps
 from pixelcam.report import (  # noqa: F401 - notebooks reach these through `ex.`
     CLASS_NAMES,
     METHOD_NAMES,
+    METRIC_NAMES,
     comparison,
     method_label,
     paper_rows,
+    paper_table,
+    row_label,
     scores,
 )
 from pixelcam.runs import (  # noqa: F401
     Run,
+    cached_on,
     config_for_method,
     data_key,
     data_paths,
@@ -43,6 +45,7 @@ from pixelcam.runs import (  # noqa: F401
     table_runs,
     with_data_of,
 )
+from pixelcam.timing import wall_times
 
 Log = Callable[[str], None]
 
@@ -130,16 +133,10 @@ def separability_on(run: Run, data: Config, checkpoint: str, split: str = "test"
     """J per test image of one run's pixel features (cached beside the run)."""
     from pixelcam.analysis import separability
 
-    cfg = with_data_of(run.config, data)
-    path = run.dir / "evaluations" / f"separability-{checkpoint}-{data_key(cfg, split)}.json"
-    if path.exists():
-        return pd.DataFrame(read_back(path))
-    device = resolve_device(data.device)
-    model = run.load_model(checkpoint, device)
-    loader = eval_loader(dataset(cfg, split), data.eval_batch_size, data.num_workers, device)
-    df = separability(model, loader, device)
-    write_json(path, df.to_dict(orient="list"))
-    return df
+    def compute(model, loader, device):
+        return separability(model, loader, device).to_dict(orient="list")
+
+    return pd.DataFrame(cached_on(run, data, checkpoint, split, "separability-", compute))
 
 
 def separability_table(runs: list[Run], data: Config, table: str, prefix: str,
@@ -268,7 +265,7 @@ def stain_shift(cfg: Config, runs: list[Run], log: Log = print
             res = evaluate_on(run, data, cfg.select, log=log)
             for metric, value in scores(res).items():
                 rows.append({"level": level, "method": method_label(run),
-                             "metric": {"pxap": "PxAP", "cl": "CL"}[metric], "value": value})
+                             "metric": METRIC_NAMES[metric], "value": value})
     return pd.DataFrame(rows), manifest
 
 
@@ -313,7 +310,7 @@ def complexity_table(cfg: Config, repeats: int = 10) -> pd.DataFrame:
     were taken on an RTX A6000 GPU, so only the ratios between rows compare.
     """
     device = resolve_device(cfg.device)
-    paper = paper_table_rows("table11")
+    paper = paper_table("table11")["rows"]
     rows = []
     size = (cfg.image_size, cfg.image_size)
     for method in cfg.methods:
@@ -332,39 +329,18 @@ def complexity_table(cfg: Config, repeats: int = 10) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("Method")
 
 
-def paper_table_rows(table: str) -> dict[str, dict[str, Any]]:
-    from pixelcam.report import paper_table
-
-    return paper_table(table)["rows"]
-
-
 def _time_row(kind: str, cfg: Config, model: torch.nn.Module, map_method: str,
               size: tuple[int, int], device: torch.device, repeats: int,
               paper: dict[str, dict[str, Any]]) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(cfg.seed)
     x = torch.rand(1, 3, *size, generator=gen).to(device)
     y = torch.zeros(1, dtype=torch.long, device=device)
-    times = []
-    for i in range(repeats + 2):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        compute_maps(map_method, model, x, y, size=size)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    label = _label(kind, cfg.method)
+    times = wall_times(lambda: compute_maps(map_method, model, x, y, size=size), device, repeats)
+    label = row_label(kind, cfg.method)
     ref = paper.get(label, {})
     return {"Method": label, "time paper (ms)": ref.get("time_ms"),
             "time run (ms)": round(1000 * float(np.median(times)), 1),
             "params paper": ref.get("params"), "params run": count_parameters(model)}
-
-
-def _label(kind: str, method: str) -> str:
-    if kind == "unet":
-        return "U-Net"
-    return METHOD_NAMES[method] + {"pixelcam": " + PixelCAM", "negev": " + NEGEV"}.get(kind, "")
 
 
 # --- Figures 19-24: t-SNE of pixel features --------------------------------------------------

@@ -41,13 +41,17 @@ def paper_rows(table: str, prefix: str) -> dict[str, dict[str, Any]]:
             for label, row in paper_table(table)["rows"].items()}
 
 
+def row_label(kind: str, method: str) -> str:
+    """The row name the paper's tables use for a run kind on top of a baseline method."""
+    if kind == "unet":
+        return "U-Net"
+    suffix = {"pixelcam": " + PixelCAM", "negev": " + NEGEV"}.get(kind, "")
+    return METHOD_NAMES.get(method, method) + suffix
+
+
 def method_label(run: Run) -> str:
     """The row name the paper's tables use for this run."""
-    if run.kind == "unet":
-        return "U-Net"
-    base = METHOD_NAMES.get(run.results["config"]["method"], run.results["config"]["method"])
-    suffix = {"pixelcam": " + PixelCAM", "negev": " + NEGEV"}.get(run.kind, "")
-    return base + suffix
+    return row_label(run.kind, run.results["config"]["method"])
 
 
 def data_note(cfg: Config) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 
 from pixelcam import distributed
 from pixelcam.atomic import read_back, save_torch, write_json
@@ -378,23 +379,37 @@ def table_runs(cfg: Config, log: Log = print) -> list[tuple[Config, Run]]:
     return rows
 
 
-def evaluate_on(run: Run, data: Config, checkpoint: str, split: str = "test",
-                log: Log = print) -> dict[str, Any]:
-    """A finished run's checkpoint on another dataset's split (OOD, stain shift), cached."""
+def cached_on(run: Run, data: Config, checkpoint: str, split: str, name: str,
+              compute: Callable[[torch.nn.Module, DataLoader, torch.device], Any]) -> Any:
+    """`compute(model, loader, device)` for a finished run's checkpoint on `data`'s split, kept
+    in the run's evaluations/ folder under `name` so a rerun reads it back (JSON-able results)."""
     cfg = with_data_of(run.config, data)
-    path = run.dir / "evaluations" / f"{checkpoint}-{data_key(cfg, split)}.json"
+    path = run.dir / "evaluations" / f"{name}{checkpoint}-{data_key(cfg, split)}.json"
     if path.exists():
         return read_back(path)
     device = resolve_device(data.device)
     model = run.load_model(checkpoint, device)
     loader = eval_loader(dataset(cfg, split), data.eval_batch_size, data.num_workers, device)
-    result = evaluate_split(model, loader, run.map_method, device,
-                            resamples=data.ttest_resamples, resample_seed=data.seed).to_dict()
-    result["data"] = {k: getattr(cfg, k) for k in DATA_KEYS}
+    result = compute(model, loader, device)
     write_json(path, result)
-    log(f"[eval] {run.kind} {run.dir.name} ({checkpoint}) on {cfg.dataset} {split}: "
-        f"PxAP {result['pxap']:.1f}")
     return result
+
+
+def evaluate_on(run: Run, data: Config, checkpoint: str, split: str = "test",
+                log: Log = print) -> dict[str, Any]:
+    """A finished run's checkpoint on another dataset's split (OOD, stain shift), cached."""
+    cfg = with_data_of(run.config, data)
+
+    def compute(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> dict:
+        result = evaluate_split(model, loader, run.map_method, device,
+                                resamples=data.ttest_resamples,
+                                resample_seed=data.seed).to_dict()
+        result["data"] = {k: getattr(cfg, k) for k in DATA_KEYS}
+        log(f"[eval] {run.kind} {run.dir.name} ({checkpoint}) on {cfg.dataset} {split}: "
+            f"PxAP {result['pxap']:.1f}")
+        return result
+
+    return cached_on(run, data, checkpoint, split, "", compute)
 
 
 def load_run(run_dir: str | Path) -> Run:

@@ -1,4 +1,5 @@
-"""The one timing loop every benchmark uses: warm up, then wall times with the device synced."""
+"""One timing loop for every timing (benchmarks/, Table 11): warm up, then wall times with the
+device synced."""
 
 from __future__ import annotations
 
