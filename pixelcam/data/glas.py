@@ -15,7 +15,15 @@ Output (``<out>``, written aside and renamed when complete)::
 Images and annotations are hard-linked (copied across file systems) unchanged: the loader reads an
 ``_anno.bmp`` as binary (>0) and resizes it nearest, as the protocol does, and image_sizes.txt keeps
 the original size. Keeping the published folder name and ``_anno.bmp`` paths means the published
-fold files (``--folds``) apply to the prepared folder as they are.
+fold files apply to the prepared folder as they are.
+
+The splits (``split``):
+
+* ``"published"`` (default): the WSOL protocol's published GlaS folds fold-0 ... fold-4, shipped
+  with this package (``pixelcam/data/published_folds/GLAS``, from the "wsol-done-right-splits" of
+  the official PixelCAM code), all written under ``<out>/folds``; ``folds=DIR`` reads another fold
+  directory instead. Every image they name must be in the download.
+* ``"seeded"``: the protocol's split drawn with ``seed`` (for a partial download, e.g. a sample).
 
 The helpers for fold directories and the staged output are shared with the CAMELYON16 preparer.
 """
@@ -52,6 +60,9 @@ GLAS_DIR_NAMES = (GLAS_DIR, "Warwick QU Dataset (Released 2016_07_08)")
 GLAS_ENCODING = {"benign": 0, "malignant": 1}
 GRADE_FILE = "Grade.csv"
 MANIFEST = "MANIFEST.json"
+# The published GlaS folds of the WSOL protocol, shipped as package data (see its README.md).
+PACKAGED_FOLDS = Path(__file__).resolve().parent / "published_folds" / "GLAS"
+SPLIT_MODES = ("published", "seeded")
 # The protocol's split of the 85 official train images: 67 train / 18 valcl, 3 valpx per class.
 VALCL_FRACTION = 18 / 85
 VALPX_PER_CLASS = 3
@@ -404,8 +415,11 @@ def protocol_split(
     """Rony et al. (2023): test = testA + testB; train -> train / valcl stratified; valpx ⊂ valcl.
 
     On the 85 official train images (37 benign, 48 malignant) this gives 67 (29/38) / 18 (8/10)
-    and 3 + 3 valpx, the published counts. Fewer images (a sample) give proportionally fewer;
-    a class with fewer than ``valpx_per_class`` valcl images gives all it has (with a warning).
+    and 3 + 3 valpx, the published counts. Fewer images (a sample) give proportionally fewer,
+    but every class gets at least one valcl image, so that valcl and valpx hold both classes
+    (PxAP and the valpx threshold need them); a class with fewer than ``valpx_per_class`` valcl
+    images gives valpx all it has, and a class whose only image went to valcl is absent from
+    train (each with a warning).
     """
     if not 0 < valcl_fraction < 1:
         raise DataError(f"valcl fraction {valcl_fraction} must lie strictly between 0 and 1")
@@ -415,6 +429,7 @@ def protocol_split(
     labels = sorted({im.label for im in train})
     by_class = {k: [im for im in train if im.label == k] for k in labels}
     quota = _apportion(round(len(train) * valcl_fraction), [len(by_class[k]) for k in labels])
+    quota = [max(q, 1) for q in quota]  # >= 1 valcl image per class (the full download: 8/10)
     valcl_names: set[str] = set()
     valpx_names: set[str] = set()
     for k, n_valcl in zip(labels, quota):
@@ -441,6 +456,13 @@ def protocol_split(
                 f"the GlaS source has too few images to fill split {split} "
                 f"({len(train)} train_*, {len(test)} testA_/testB_ images): use the full download"
             )
+    for k in labels:
+        if not any(r.label == k for r in splits["train"]):
+            print(
+                f"pixelcam: warning: class {k} has {len(by_class[k])} train_* image(s), all in "
+                f"valcl (so that valpx holds both classes): the train split has none of it",
+                file=sys.stderr,
+            )
     check_protocol(splits, "protocol split")
     return splits
 
@@ -450,22 +472,42 @@ def _fold_sources(
     folds_dir: Path,
     root: Path,
     images: Sequence[GlasImage],
+    *,
+    packaged: bool = False,
 ) -> dict[str, Path]:
-    """Map every path the fold files name to its source file, checking labels and sizes."""
+    """Map every path the fold files name to its source file, checking labels and sizes.
+
+    Images the folds name but the download lacks are counted first, so the error says how many
+    are missing (a partial download lacks many) rather than stopping at the first one.
+    """
     by_file = {f"{im.name}.bmp": im for im in images}
     annos = {f"{im.name}_anno.bmp": im for im in images}
+    named = list(dict.fromkeys(
+        Path(r.image_id).name for splits in folds.values() for recs in splits.values()
+        for r in recs))
+    missing = [base for base in named if base not in by_file]
+    if missing:
+        first = root / missing[0]
+        unlisted = f" (the file is there but {GRADE_FILE} does not list it)" \
+            if first.is_file() else ""
+        if packaged:
+            fix = ("is this the full Warwick QU download (165 images)? For a partial one "
+                   "draw a split from what it has with --split seeded")
+            what = "the published GlaS folds"
+        else:
+            fix = ("is this the full Warwick QU download? Otherwise fix the fold files, or draw "
+                   "a split from what it has with --split seeded instead of --folds")
+            what = f"the fold files of {folds_dir}"
+        raise DataError(
+            f"{root} lacks {len(missing)} of the {len(named)} images {what} name (first: "
+            f"{first}{unlisted}): {fix}"
+        )
     sources: dict[str, Path] = {}
     for fold, splits in folds.items():
         for split, records in splits.items():
             where = f"fold files of {folds_dir} ({fold}/{split})"
             for r in records:
                 base = Path(r.image_id).name
-                if base not in by_file:
-                    raise DataError(
-                        f"{where} name image {r.image_id!r} but {root / base} is not in the "
-                        f"GlaS source (or not in its {GRADE_FILE}): use the full download or "
-                        f"fix the fold files"
-                    )
                 im = by_file[base]
                 if r.label != im.label:
                     raise DataError(
@@ -493,20 +535,47 @@ def prepare_glas(
     src: str | Path,
     out: str | Path,
     *,
-    seed: int = 0,
+    split: str = "published",
+    seed: int | None = None,
     folds: str | Path | None = None,
     link: bool = True,
     overwrite: bool = False,
 ) -> dict:
     """Turn the GlaS download into a data root the loader reads; returns the manifest.
 
-    Without ``folds``: the protocol split (seeded) as ``folds/fold-0``. With ``folds`` (a fold
-    directory or a folder of ``fold-k``): those published folds, checked against the images.
+    ``split="published"`` (default): the published folds fold-0 ... fold-4 shipped with the
+    package, or those of ``folds`` (a fold directory or a folder of ``fold-k``), checked against
+    the images. ``split="seeded"``: the protocol split drawn with ``seed`` (default 0) as
+    ``folds/fold-0``, for a download that lacks images the published folds name.
     """
+    if split not in SPLIT_MODES:
+        raise DataError(
+            f"--split {split!r} is not a GlaS split: use 'published' (the protocol's published "
+            f"folds, the default) or 'seeded' (a split drawn with --seed)"
+        )
+    if split == "seeded" and folds is not None:
+        raise DataError(
+            f"--split seeded draws the split but --folds {folds} gives it from fold files: "
+            f"pass one of them"
+        )
+    if split == "published" and seed is not None:
+        raise DataError(
+            f"--seed {seed} has no effect on the published folds: add --split seeded to draw a "
+            f"split with it, or drop --seed"
+        )
     out = Path(out).expanduser().resolve()
     check_out(out, overwrite)
+    packaged = split == "published" and folds is None
+    if packaged:
+        folds = PACKAGED_FOLDS
+        if not (folds / "fold-0").is_dir():
+            raise DataError(
+                f"the published GlaS folds are missing from the installed package ({folds}): "
+                f"reinstall pixelcam-kit, or pass --folds DIR or --split seeded"
+            )
     root, images = scan_glas(src)
-    if folds is None:
+    if split == "seeded":
+        seed = 0 if seed is None else seed
         fold_splits = {"fold-0": protocol_split(images, seed=seed)}
         encoding = dict(GLAS_ENCODING)
         sources = {}
@@ -521,14 +590,16 @@ def prepare_glas(
                 f"encoding {encoding} of {folds} does not use GlaS's labels 0/1: fix its "
                 f"{ENCODING_FILE}"
             )
-        sources = _fold_sources(fold_splits, folds, root, images)
+        sources = _fold_sources(fold_splits, folds, root, images, packaged=packaged)
 
     manifest = {
         "dataset": "glas",
         "source": str(root),
-        "mode": "protocol-split" if folds is None else "published-folds",
-        "folds_source": None if folds is None else str(Path(folds).resolve()),
-        "seed": seed if folds is None else None,
+        "mode": "seeded-split" if split == "seeded" else "published-folds",
+        "folds_source": None if split == "seeded" else (
+            "packaged (pixelcam/data/published_folds/GLAS)" if packaged
+            else str(Path(folds).resolve())),
+        "seed": seed if split == "seeded" else None,
         "encoding": encoding,
         "counts": counts_table(fold_splits),
     }
@@ -538,8 +609,8 @@ def prepare_glas(
         link_or_copy(root / GRADE_FILE, tmp / GLAS_DIR / GRADE_FILE, link=link)
         write_encoding(tmp, encoding)
         for name, splits in fold_splits.items():
-            for split, records in splits.items():
-                write_split(tmp / "folds" / name, split, records)
+            for split_name, records in splits.items():
+                write_split(tmp / "folds" / name, split_name, records)
         write_json(tmp / MANIFEST, manifest)
     return manifest
 
