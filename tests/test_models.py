@@ -4,6 +4,7 @@ counts, weights, lr groups."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import timm
@@ -78,8 +79,11 @@ def test_timm_pretrained_failure_is_wrapped(monkeypatch: pytest.MonkeyPatch) -> 
         assert kwargs["pretrained"] is True
         raise OSError("We couldn't connect to 'https://huggingface.co'")
 
+    # the pinned tag's file is "cached"; timm failing on it is wrapped in one line
+    cached = Path("/cache/model.safetensors")
+    monkeypatch.setattr(backbones, "timm_weights_file", lambda tag: cached)
     monkeypatch.setattr(backbones.timm, "create_model", offline)
-    with pytest.raises(ModelError, match="local weight file"):
+    with pytest.raises(ModelError, match="resnet18.tv_in1k.*local weight file"):
         create_encoder("resnet18", pretrained="timm")
 
 

@@ -10,7 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from pixelcam.errors import ConfigError, DataError, ModelError
-from pixelcam.losses import denormalize, elb_penalty, local_crf_loss, negev_losses
+from pixelcam.losses import (
+    denormalize,
+    dense_crf_ratio,
+    elb_penalty,
+    local_crf_loss,
+    negev_losses,
+)
 from pixelcam.models.model import build_model, count_parameters
 from pixelcam.models.negev import NEGEV, encoder_stage_channels, encoder_stages, negev_map
 from pixelcam.models.unet import UNet, UNetDecoder, segmentation_loss, unet_map
@@ -224,6 +230,139 @@ def test_crf_prefers_a_segmentation_on_the_image_edge() -> None:
         local_crf_loss(_hard_probs(8, 8, 4), _edge_image(8, 8, 4), kernel_size=4)
 
 
+# The official NEGEV CRF: dense (every pixel pair), sigma_rgb 15, sigma_xy 100, weight 2e-9.
+OFFICIAL_CRF_WEIGHT = 2e-9
+
+
+def _gland_image_and_logits(size: int, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A synthetic GlaS-like image (1,3,size,size) in 0..255 and decoder logits (1,2,size,size):
+    `aligned` (confident, on the gland mask), `soft` (the mask plus unit noise), `shifted` (the
+    mask moved by size/8 px both ways: a segmentation the CRF should penalise)."""
+    import numpy as np
+
+    from pixelcam.data.synthetic import SyntheticSpec, render_image
+
+    image, mask = render_image(np.random.default_rng(0), 0, SyntheticSpec())
+    img = torch.from_numpy(image).permute(2, 0, 1).float()[None]
+    img = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False)
+    m = F.interpolate(torch.from_numpy(mask).float()[None, None], size=(size, size))
+    gen = torch.Generator().manual_seed(size)
+    if kind == "aligned":
+        fg = 4.0 * (2 * m - 1)
+    elif kind == "soft":
+        fg = (2 * m - 1) + torch.randn(m.shape, generator=gen)
+    else:
+        fg = 4.0 * (2 * torch.roll(m, shifts=(size // 8, size // 8), dims=(2, 3)) - 1)
+    return img.clamp(0.0, 255.0), torch.cat([-fg / 2, fg / 2], dim=1)
+
+
+def _dense_potts(probs: list[torch.Tensor], image: torch.Tensor,
+                 rows: torch.Tensor | None = None, sigma_rgb: float = 15.0,
+                 sigma_xy: float = 100.0) -> list[tuple[float, torch.Tensor]]:
+    """Exact dense CRF of one image for each (1,C,H,W) map of `probs`: the energy
+    E = sum over all ordered pairs i != j of w_ij S_i^T (1 - S_j) and dE/dlogits at `rows`.
+
+    With `rows` (a subset of the N pixels) E is the unbiased estimate N/|rows| * sum over i in
+    rows of the exact sum over every j (what makes 224x224 cheap); without, all N^2 pairs.
+    """
+    h, w = image.shape[-2:]
+    maps = [p[0].reshape(p.shape[1], -1).T.double() for p in probs]
+    rgb = image[0].reshape(3, -1).T.double()
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    pos = torch.stack([yy.flatten(), xx.flatten()], 1).double()
+    n = h * w
+    rows = torch.arange(n) if rows is None else rows
+    energy = [0.0] * len(maps)
+    grads: list[list[torch.Tensor]] = [[] for _ in maps]
+    for chunk in rows.split(128):
+        wij = torch.exp(-torch.cdist(rgb[chunk], rgb).square() / (2 * sigma_rgb**2)
+                        - torch.cdist(pos[chunk], pos).square() / (2 * sigma_xy**2))
+        wij[torch.arange(len(chunk)), chunk] = 0.0  # i != j
+        mass = wij.sum(1)
+        for m, s in enumerate(maps):
+            ws = wij @ s
+            energy[m] += float((mass - (s[chunk] * ws).sum(1)).sum())
+            g = -2.0 * ws  # dE/dS_i, up to a term equal over classes, which the softmax cancels
+            p = s[chunk]
+            grads[m].append(p * (g - (p * g).sum(1, keepdim=True)))  # through the softmax
+    return [(e * n / len(rows), torch.cat(g)) for e, g in zip(energy, grads)]
+
+
+def _kit_crf(logits: torch.Tensor, image: torch.Tensor, rows: torch.Tensor | None,
+             dense_scale: bool):
+    """The kit's weighted CRF term in the NEGEV loss and its logit gradient at `rows`."""
+    z = logits.clone().requires_grad_(True)
+    seeds = torch.full((1, *z.shape[-2:]), IGNORE_INDEX, dtype=torch.long)
+    term = OFFICIAL_CRF_WEIGHT * negev_losses(z, seeds, image, torch.tensor([1]),
+                                              crf_dense_scale=dense_scale)["crf"]
+    term.backward()
+    grad = z.grad[0].reshape(2, -1).T.double()
+    return float(term.detach()), grad if rows is None else grad[rows]
+
+
+KINDS = ("aligned", "soft", "shifted")
+
+
+def _compare_with_dense(size: int, rows: torch.Tensor | None) -> dict[str, dict[str, float]]:
+    cases = {kind: _gland_image_and_logits(size, kind) for kind in KINDS}
+    image = cases[KINDS[0]][0]  # one image, three segmentations of it
+    dense = _dense_potts([torch.softmax(z, 1) for _, z in cases.values()], image, rows)
+    out = {}
+    for (kind, (_, logits)), (energy, grad) in zip(cases.items(), dense):
+        energy, grad = OFFICIAL_CRF_WEIGHT * energy, OFFICIAL_CRF_WEIGHT * grad
+        old, old_grad = _kit_crf(logits, image, rows, dense_scale=False)
+        new, new_grad = _kit_crf(logits, image, rows, dense_scale=True)
+        out[kind] = {"dense": energy, "old": old, "new": new, "new/dense": new / energy,
+                     "dense/old": energy / old,
+                     "grad new/dense": float(new_grad.norm() / grad.norm()),
+                     "grad dense/old": float(grad.norm() / old_grad.norm())}
+        print(f"{size}x{size} {kind}: " + ", ".join(f"{k} {v:.4g}" for k, v in out[kind].items()))
+    return out
+
+
+def test_dense_crf_ratio_is_the_kernel_mass_ratio() -> None:
+    # the local window of an interior pixel: 80 neighbours of weight ~1 (sigma 100 px)
+    interior = sum(math.exp(-(dy * dy + dx * dx) / 2e4)
+                   for dy in range(-4, 5) for dx in range(-4, 5)) - 1.0
+    assert interior == pytest.approx(79.9, abs=0.1)
+    # brute force over every pixel of a 20x12 grid, sigma 7 px, a 5x5 window
+    h, w, sigma = 20, 12, 7.0
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    pos = torch.stack([yy.flatten(), xx.flatten()], 1).double()
+    d2 = torch.cdist(pos, pos).square()
+    kernel = torch.exp(-d2 / (2 * sigma**2)) - torch.eye(h * w, dtype=torch.float64)
+    near = (pos[:, None] - pos[None]).abs().amax(-1) <= 2
+    expected = float(kernel.sum(1).mean() / (kernel * near).sum(1).mean())
+    assert dense_crf_ratio(h, w, sigma, 5) == pytest.approx(expected, rel=1e-9)
+    assert dense_crf_ratio(224, 224) == pytest.approx(336.4, abs=0.1)  # "several hundred"
+    assert dense_crf_ratio(8, 8, 100.0, 1) == 1.0  # no neighbour: the term is 0 anyway
+
+
+def test_crf_term_has_the_dense_crfs_size_exact_48() -> None:
+    """All 48^2 x 48^2 pairs of the dense CRF with the official weight against the kit's term.
+
+    Measured: new/dense 0.60 (aligned), 1.32 (soft), 0.78 (shifted); without the rescaling the
+    term is 23-51x too small here (the kernel mass ratio of a 48x48 grid is only 30.5)."""
+    for kind, r in _compare_with_dense(48, rows=None).items():
+        assert 1 / 3 <= r["new/dense"] <= 3.0, kind
+        assert r["dense/old"] > 10.0, kind
+
+
+def test_crf_term_has_the_dense_crfs_size_at_224() -> None:
+    """At the training size, the dense energy from 1024 random pixels i (each summed over all
+    50,176 j exactly: an unbiased estimate, within a few % of the full sum at 64x64).
+
+    Measured: new/dense 0.46 (aligned), 2.03 (soft), 0.40 (shifted); the official 2e-9 on the
+    raw 9x9 sum is 166-839x too small. Logit gradients: the rescaled local term's are 2.6-10x
+    larger in norm than the dense one's (sharper: concentrated near the edges of regions), the
+    raw one's 33-127x smaller; the rescaled one is the closer on a log scale."""
+    rows = torch.randperm(224 * 224, generator=torch.Generator().manual_seed(0))[:1024]
+    for kind, r in _compare_with_dense(224, rows).items():
+        assert 1 / 3 <= r["new/dense"] <= 3.0, kind
+        assert r["dense/old"] > 100.0, kind
+        assert abs(math.log(r["grad new/dense"])) < abs(math.log(1 / r["grad dense/old"])), kind
+
+
 def test_elb_barrier_values_and_empty_foreground() -> None:
     t = 5.0
     z = torch.tensor([-0.5, -1 / t**2, -1e-4, 0.0, 0.3])
@@ -320,3 +459,19 @@ def test_decoder_upsamples_to_skip_sizes() -> None:
     stages = [torch.randn(1, 4, 16, 16), torch.randn(1, 8, 8, 8), torch.randn(1, 16, 8, 8)]
     with torch.no_grad():
         assert dec(stages, size=(32, 32)).shape == (1, 2, 32, 32)
+
+
+@pytest.mark.parametrize("backbone", ["vgg16", "inception_v3"])
+def test_negev_decodes_the_wsol_vgg16_and_inception_v3(backbone):
+    """Tables 7-10 have NEGEV rows on VGG16/InceptionV3: their WSOL nets name 5 decoder stages."""
+    model = build_model(backbone, num_classes=2, pretrained="false", output_stride=8,
+                        head="wgap")
+    negev = NEGEV(model).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        stages = encoder_stages(model.encoder, x)
+        seg, cls = negev(x)
+    assert [t.shape[1] for t in stages] == [c for _, c in model.encoder.stages]
+    assert stages[-1].shape[-1] == 8  # F at output stride 8
+    assert stages[0].shape[-1] > stages[1].shape[-1] > stages[2].shape[-1]  # shallow to deep
+    assert seg.shape == (2, 2, 64, 64) and cls.shape == (2, 2)

@@ -7,9 +7,10 @@ block of layer3/layer4 get stride 1 *without* dilation, so ResNet-50 at 224 give
 1024 x 28 x 28 at 224. Other timm CNNs go through timm's own feature-extraction wrapper, which
 reaches the same output stride by dilation.
 
-Weights come from timm ("timm"), a local file, or, for backbones listed in PACKAGED_WEIGHTS, a
-pip package that ships an ImageNet checkpoint ("package"), so that machines without internet
-still start from ImageNet.
+Weights come from timm ("timm": the pinned tag of pixelcam.weights.PRETRAINED_TAGS, read from
+the local Hugging Face cache, never downloaded), a local file, or, for backbones listed in
+PACKAGED_WEIGHTS, a pip package that ships an ImageNet checkpoint ("package"), so that machines
+without internet still start from ImageNet.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from pixelcam.errors import ConfigError, ModelError, PixelCamError
+from pixelcam.weights import pretrained_tag, timm_weights_file
 
 KNOWN_BACKBONES = (
     "resnet18",
@@ -79,10 +81,14 @@ class Encoder(nn.Module):
         stride: int,
         last_stage: str,
         new_layers: tuple[str, ...] = (),
+        stages: tuple[tuple[str, int], ...] = (),
     ) -> None:
         super().__init__()
         self.name = name
         self.net = net
+        # (module name in `net`, channels) of the 5 stages a U-Net decoder reads, shallow to
+        # deep, for the "wsol" nets that have no timm feature_info (NEGEV on VGG16/InceptionV3)
+        self.stages = tuple(stages)
         # "resnet" (forward_features), "features" (timm features_only: list of maps) or
         # "wsol" (a Sequential that returns F itself)
         self.kind = kind
@@ -128,18 +134,35 @@ def _unstride_first_block(block: nn.Module) -> None:
             block.set_submodule(child_name, nn.Identity())
 
 
-def _build_resnet(name: str, pretrained: bool, output_stride: int) -> Encoder:
-    net = timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="")
+def _timm_model(name: str, weights: Path | None, **kwargs: Any) -> nn.Module:
+    """timm's `name`; with `weights` (the cached file of its pinned tag), loaded by timm itself.
+
+    The file goes in through `pretrained_cfg_overlay`, so timm applies the tag's own loading
+    rules (checkpoint filters, classifier removal, InceptionV3's auxiliary head) without
+    touching the network.
+    """
+    if weights is None:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    return timm.create_model(
+        pretrained_tag(name),
+        pretrained=True,
+        pretrained_cfg_overlay={"file": str(weights)},
+        **kwargs,
+    )
+
+
+def _build_resnet(name: str, weights: Path | None, output_stride: int) -> Encoder:
+    net = _timm_model(name, weights, num_classes=0, global_pool="")
     stages = {8: ("layer3", "layer4"), 16: ("layer4",), 32: ()}[output_stride]
     for stage in stages:
         _unstride_first_block(getattr(net, stage)[0])
     return Encoder(name, net, "resnet", net.num_features, output_stride, "layer4")
 
 
-def _build_features(name: str, pretrained: bool, output_stride: int) -> Encoder:
-    net = timm.create_model(
+def _build_features(name: str, weights: Path | None, output_stride: int) -> Encoder:
+    net = _timm_model(
         name,
-        pretrained=pretrained,
+        weights,
         features_only=True,
         out_indices=(-1,),
         output_stride=output_stride,
@@ -170,7 +193,7 @@ def _check_wsol_stride(name: str, output_stride: int) -> None:
         )
 
 
-def _build_vgg16(name: str, pretrained: bool, output_stride: int) -> Encoder:
+def _build_vgg16(name: str, weights: Path | None, output_stride: int) -> Encoder:
     """VGG16 of the WSOL CAM nets: 13 convs, only the first 3 max-pools, then conv6 512->1024.
 
     timm's `features` keeps torchvision's layout (pools at indices 4, 9, 16, 23, 30), so
@@ -181,7 +204,7 @@ def _build_vgg16(name: str, pretrained: bool, output_stride: int) -> Encoder:
     zero bias, as in wsolevaluation; it is the last stage, trained at the head learning rate.
     """
     _check_wsol_stride(name, output_stride)
-    timm_net = timm.create_model(name, pretrained=pretrained)
+    timm_net = _timm_model(name, weights)
     layers = list(timm_net.features.children())
     pools = [i for i, m in enumerate(layers) if isinstance(m, nn.MaxPool2d)]
     if len(pools) != 5 or pools[-1] != len(layers) - 1:
@@ -197,7 +220,11 @@ def _build_vgg16(name: str, pretrained: bool, output_stride: int) -> Encoder:
     nn.init.kaiming_normal_(conv6.weight, mode="fan_out", nonlinearity="relu")
     nn.init.zeros_(conv6.bias)
     net = nn.Sequential(OrderedDict(features=features, conv6=conv6, relu6=nn.ReLU(inplace=False)))
-    return Encoder(name, net, "wsol", 1024, output_stride, "conv6", new_layers=("conv6",))
+    # the last ReLU of each resolution (strides 2, 4, 8, then 8 or 16), then F
+    stages = (("features.8", 128), ("features.15", 256), ("features.22", 512),
+              ("features.29", 512), ("relu6", 1024))
+    return Encoder(name, net, "wsol", 1024, output_stride, "conv6", new_layers=("conv6",),
+                   stages=stages)
 
 
 class _UnstridedReduction(nn.Module):
@@ -224,7 +251,7 @@ class _UnstridedReduction(nn.Module):
         return torch.cat([self.branch3x3(x), double, pooled], dim=1)
 
 
-def _build_inception_v3(name: str, pretrained: bool, output_stride: int) -> Encoder:
+def _build_inception_v3(name: str, weights: Path | None, output_stride: int) -> Encoder:
     """SPG-style truncated InceptionV3 (wsolevaluation's CAM net), on timm's modules.
 
     Changes to timm's inception_v3, following wsolevaluation's `large_feature_map` net:
@@ -242,7 +269,7 @@ def _build_inception_v3(name: str, pretrained: bool, output_stride: int) -> Enco
     torchvision's checkpoints load by name.
     """
     _check_wsol_stride(name, output_stride)
-    src = timm.create_model(name, pretrained=pretrained)
+    src = _timm_model(name, weights)
     src.Conv2d_1a_3x3.conv.padding = (1, 1)
     stem_pool = {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}
     spg = nn.Sequential(
@@ -280,7 +307,11 @@ def _build_inception_v3(name: str, pretrained: bool, output_stride: int) -> Enco
             SPG_A3=spg,
         )
     )
-    return Encoder(name, net, "wsol", 1024, output_stride, "SPG_A3", new_layers=("SPG_A3",))
+    # strides 2 (64 ch), 4 (192), 8 (288), 8 or 16 (768), then F (1024)
+    stages = (("Conv2d_2b_3x3", 64), ("Conv2d_4a_3x3", 192), ("Mixed_5d", 288),
+              ("Mixed_6e", 768), ("SPG_A3", 1024))
+    return Encoder(name, net, "wsol", 1024, output_stride, "SPG_A3", new_layers=("SPG_A3",),
+                   stages=stages)
 
 
 _WSOL_BUILDERS = {"vgg16": _build_vgg16, "inception_v3": _build_inception_v3}
@@ -339,11 +370,13 @@ def package_weights(name: str) -> dict[str, Tensor]:
 
 
 def create_encoder(name: str, pretrained: str = "false", output_stride: int = 8) -> nn.Module:
-    """Build the WSOL encoder, with weights that work offline where possible.
+    """Build the WSOL encoder, with weights that never need the network.
 
-    `pretrained` is "false", "timm" (timm's cached weights), "package" (ImageNet weights shipped
-    by a pip package, see PACKAGED_WEIGHTS) or a local weight file. "package" is a keyword: a
-    file with that name needs a path such as "./package".
+    `pretrained` is "false", "timm" (the ImageNet weights of the backbone's pinned tag,
+    pixelcam.weights.PRETRAINED_TAGS, from the local Hugging Face cache: a missing one stops
+    with the command that fetches it), "package" (ImageNet weights shipped by a pip package, see
+    PACKAGED_WEIGHTS) or a local weight file. "package" and "timm" are keywords: files with
+    those names need a path such as "./timm".
     """
     if output_stride not in OUTPUT_STRIDES:
         raise ConfigError(
@@ -353,10 +386,11 @@ def create_encoder(name: str, pretrained: str = "false", output_stride: int = 8)
     if not isinstance(name, str) or not timm.is_model(name):
         raise _unknown_backbone(str(name))
     source = str(pretrained).strip()
-    use_timm = source.lower() == "timm"
     use_package = source.lower() == "package"
     if use_package:
         _package_file(name)  # fail before building when the weights cannot be found
+    # the cached file of the pinned tag, found (or refused) before building
+    cached = timm_weights_file(pretrained_tag(name)) if source.lower() == "timm" else None
     weights_file = None
     if source.lower() not in ("false", "timm", "package"):
         weights_file = Path(source).expanduser()
@@ -372,15 +406,17 @@ def create_encoder(name: str, pretrained: str = "false", output_stride: int = 8)
     else:
         builder = _build_features
     try:
-        encoder = builder(name, use_timm, output_stride)
+        encoder = builder(name, cached, output_stride)
     except PixelCamError:
         raise
-    except Exception as exc:  # timm raises many types (hub, network, unsupported option)
-        if use_timm:
+    except Exception as exc:  # timm raises many types (bad checkpoint, unsupported option)
+        if cached is not None:
+            tag = pretrained_tag(name)
             raise ModelError(
-                f"cannot load timm's pretrained weights for {name!r} ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}); download them on a machine "
-                "with internet into the HF cache, or pass a local weight file path."
+                f"cannot load the cached timm weights {tag} ({str(cached)!r}; "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                f"delete that file and run `pixelcam weights fetch --tag {tag}` on a machine "
+                "with network, or pass a local weight file path."
             ) from exc
         raise ModelError(
             f"timm cannot build backbone {name!r} with output_stride={output_stride} "
@@ -424,15 +460,25 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     return obj
 
 
-def _pruned_keys(encoder: Encoder) -> set[str]:
-    """Keys of the full timm net that its feature wrapper drops (e.g. conv_head, final norm)."""
+def _pruned_keys(arch: str) -> set[str]:
+    """Keys of timm's full `arch` net that a feature wrapper drops (e.g. conv_head, final norm)."""
     try:
         with torch.device("meta"):
-            full = timm.create_model(encoder.name, pretrained=False)
+            full = timm.create_model(arch, pretrained=False)
     except (RuntimeError, NotImplementedError, TypeError, ValueError):
         # only an allowance for extra keys: without it they are reported as unexpected
         return set()
     return set(full.state_dict())
+
+
+def _wrapped_arch(module: nn.Module) -> str | None:
+    """The timm architecture behind an encoder or a timm feature wrapper (U-Net's encoder)."""
+    if isinstance(module, Encoder):
+        return module.name if module.kind != "resnet" else None
+    if hasattr(module, "feature_info"):
+        cfg = getattr(module, "pretrained_cfg", None) or {}
+        return cfg.get("architecture") if isinstance(cfg, dict) else None
+    return None
 
 
 def load_weights(module: nn.Module, path: str | Path) -> None:
@@ -450,9 +496,8 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
 def _load_state(module: nn.Module, raw: dict[str, Tensor], source: str) -> None:
     target = module.net if isinstance(module, Encoder) else module
     own = target.state_dict()
-    allowed_extra = (
-        _pruned_keys(module) if isinstance(module, Encoder) and module.kind != "resnet" else set()
-    )
+    arch = _wrapped_arch(module)
+    allowed_extra = _pruned_keys(arch) if arch else set()
     mapped: dict[str, Tensor] = {}
     unexpected: list[str] = []
     for key, value in raw.items():

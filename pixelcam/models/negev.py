@@ -3,8 +3,9 @@
 The two-step baseline the paper compares PixelCAM with (official-code-notes.md 2.6). The
 classifier (encoder + image head of a trained baseline) stays frozen; the decoder of
 :class:`pixelcam.models.unet.UNetDecoder` reads skips from every encoder stage and learns from
-(i) partial CE on CAM seeds, (ii) a CRF smoothness term, (iii) an ELB log-barrier on the FG and
-BG areas and (iv) optionally a CE that makes every pixel of a negative (label 0) image BG.
+(i) partial CE on CAM seeds, (ii) a CRF smoothness term (local, scaled to the dense one's
+size), (iii) an ELB log-barrier on the FG and BG areas and (iv) optionally a CE that makes
+every pixel of a negative (label 0) image BG.
 
 With a ResNet-50 classifier (WGAP head with the background row, 6,147 params) the model counts
 23,508,032 + 6,147 + 9,012,928 + 290 = 32,527,397 parameters, the "GradCAM++ / LayerCAM w/
@@ -20,10 +21,19 @@ of half the window (each unordered pair once, then doubled) with whole-batch ten
 O(k^2 B H W), extra memory O(B H W) per offset kept for backward (about 0.8 MB per 224x224
 image for each of the 40 offsets of a 9x9 window, ~32 MB per image).
 Pairs farther than k/2 pixels apart, which the dense loss counts with weight up to
-exp(-d^2/2e4), are dropped, so at equal lambda the local term is much smaller
-than the official one: ``lambda_crf`` keeps the official 2e-9 by default but needs re-tuning to
-match the official strength. ``crf_scale`` < 1 evaluates it on a downsampled grid (as the
-official code's scale factor) with distances still in input pixels.
+exp(-d^2/2e4), are dropped: with sigma_xy = 100 px a pixel of a 224x224 image has a dense
+spatial kernel mass of ~2.5e4 against the window's 80, so the raw window sum is some 300x
+smaller than the dense energy and the official weight 2e-9 would all but switch it off.
+:func:`pixelcam.losses.negev_losses` therefore multiplies the window sum by
+:func:`pixelcam.losses.dense_crf_ratio`, the ratio of the two spatial kernel masses per pixel
+(derived from sigma_xy, the window and the grid size; 336 at 224x224), and keeps the official
+lambda_crf = 2e-9 on the result. On a synthetic GlaS-like 224x224 image the scaled term is
+0.40-2.0x the exact dense Potts energy (unscaled: 166-839x too small; tests/test_unet_negev.py;
+0.37-2.7x over 4 images x 4 segmentations); its logit gradients are sharper than the dense
+one's (2.6-10x larger in norm, concentrated near region edges rather than spread over the
+image), the unscaled ones 33-127x smaller. ``crf_scale`` < 1 evaluates it
+on a downsampled grid (as the official code's scale factor) with distances still in input
+pixels, and the ratio is that grid's.
 """
 
 from __future__ import annotations
@@ -47,8 +57,10 @@ def _stage_modules(encoder: nn.Module) -> list[tuple[str, int]]:
     ResNets ("resnet" kind): act1 (stride 2), layer1 (4), layer2 (8), layer3, layer4 (8 and 8
     with the WSOL stride change, 16 and 32 without). Other timm CNNs ("features" kind): the
     stages timm's feature_info lists, found in the feature wrapper under their own or their
-    flattened ("blocks_0") names.
+    flattened ("blocks_0") names. The WSOL VGG16 and InceptionV3 list theirs (Encoder.stages).
     """
+    if getattr(encoder, "stages", ()):  # the WSOL VGG16/InceptionV3 name their own stages
+        return list(encoder.stages)
     net = getattr(encoder, "net", None)
     info = getattr(net, "feature_info", None)
     if info is None:

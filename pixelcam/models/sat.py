@@ -35,8 +35,9 @@ from pixelcam.errors import ConfigError, DataError, ModelError
 from pixelcam.models.backbones import load_weights
 from pixelcam.models.heads import PixelHead
 from pixelcam.models.model import ModelOutput
+from pixelcam.weights import SAT_BACKBONE, pretrained_tag, timm_weights_file
 
-DEIT_NAME = "deit_tiny_patch16_224"
+DEIT_NAME = SAT_BACKBONE  # "deit_tiny_patch16_224"
 SAT_AREA_THRESHOLD = 0.35  # sat_area_th of the official SatLoss
 MAP_BLOCKS = 3  # the last 3 blocks re-weight their attention and make the map
 GAUSS_NSIG = 6.0  # get_kernel(3, nsig=6) of the official code
@@ -249,20 +250,35 @@ def sat_losses(maps: Tensor, area_threshold: float = SAT_AREA_THRESHOLD) -> dict
 def build_sat(
     num_classes: int = 2, pixel_head: str | None = None, pretrained: str = "false"
 ) -> SATModel:
-    """The SAT factory: `pretrained` is "false" or a local timm DeiT-Tiny state dict file.
+    """The SAT factory: `pretrained` is "false", "timm" or a local timm DeiT-Tiny state dict file.
 
-    Only the timm part loads (classifier `head.*` keys are dropped); any other key the network
-    lacks, or any DeiT key the file lacks, raises ModelError. The location token/embedding and
-    the heads stay newly initialised, as in the official ImageNet initialisation.
+    "timm" reads the original DeiT-Tiny ImageNet checkpoint (`deit_tiny_patch16_224.fb_in1k`,
+    pixelcam.weights.PRETRAINED_TAGS) from the local Hugging Face cache, never downloading; a
+    file may be that checkpoint, the original DeiT release (`{"model": ...}`) or any state dict
+    in timm's key names. Only the timm part loads (classifier `head.*` keys are dropped); any
+    other key the network lacks, or any DeiT key the file lacks, raises ModelError. The location
+    token/embedding and the heads stay newly initialised, as in the official ImageNet
+    initialisation.
     """
-    model = SATModel(num_classes=num_classes, pixel_head=pixel_head)
     source = str(pretrained).strip()
-    if source.lower() != "false":
+    if source.lower() == "package":
+        raise ModelError(
+            f"SAT has no packaged weights (pretrained={source!r}); use 'timm', 'false' or the "
+            f"path of a local timm {DEIT_NAME} state dict."
+        )
+    # the weight file is found (or refused) before building
+    if source.lower() == "timm":
+        path: Path | None = timm_weights_file(pretrained_tag(DEIT_NAME))
+    elif source.lower() == "false":
+        path = None
+    else:
         path = Path(source).expanduser()
         if not path.is_file():
             raise ModelError(
-                f"SAT pretrained weight file {source!r} does not exist; give 'false' or the "
-                f"path of a local timm {DEIT_NAME} state dict (.pth/.pt/.safetensors)."
+                f"SAT pretrained weight file {source!r} does not exist; give 'false', 'timm' or "
+                f"the path of a local timm {DEIT_NAME} state dict (.pth/.pt/.safetensors)."
             )
+    model = SATModel(num_classes=num_classes, pixel_head=pixel_head)
+    if path is not None:
         load_weights(model.encoder.vit, path)
     return model

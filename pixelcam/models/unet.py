@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from pixelcam.errors import ConfigError, DataError, ModelError
 from pixelcam.models.backbones import load_weights
+from pixelcam.weights import pretrained_tag, timm_weights_file
 
 __all__ = [
     "DEFAULT_DECODER_CHANNELS",
@@ -114,13 +115,17 @@ class UNetDecoder(nn.Module):
 
 
 def _build_stage_encoder(name: str, pretrained: str) -> nn.Module:
-    """timm's features_only net (normal strides), weights as in create_encoder: false/timm/file."""
+    """timm's features_only net (normal strides), weights as in create_encoder: false/timm/file.
+
+    "timm" loads the backbone's pinned tag (pixelcam.weights.PRETRAINED_TAGS, e.g.
+    resnet50.tv_in1k) from the local Hugging Face cache only, never downloading.
+    """
     if not isinstance(name, str) or not timm.is_model(name):
         raise ModelError(
             f"unknown U-Net encoder {name!r}; use a timm CNN name such as resnet50 or resnet18."
         )
     source = str(pretrained).strip()
-    use_timm = source.lower() == "timm"
+    cached = timm_weights_file(pretrained_tag(name)) if source.lower() == "timm" else None
     weights_file = None
     if source.lower() not in ("false", "timm"):
         weights_file = Path(source).expanduser()
@@ -130,12 +135,25 @@ def _build_stage_encoder(name: str, pretrained: str) -> nn.Module:
                 ".pth/.pt/.safetensors path, 'timm' or 'false'."
             )
     try:
-        net = timm.create_model(name, pretrained=use_timm, features_only=True)
-    except Exception as exc:  # timm raises many types (hub, network, unsupported option)
-        what = "load timm's pretrained weights for" if use_timm else "build a features_only"
+        if cached is None:
+            net = timm.create_model(name, pretrained=False, features_only=True)
+        else:
+            net = timm.create_model(
+                pretrained_tag(name),
+                pretrained=True,
+                pretrained_cfg_overlay={"file": str(cached)},
+                features_only=True,
+            )
+    except Exception as exc:  # timm raises many types (bad checkpoint, unsupported option)
+        if cached is not None:
+            raise ModelError(
+                f"cannot load the cached timm weights {pretrained_tag(name)} ({str(cached)!r}; "
+                f"{type(exc).__name__}); delete that file and run `pixelcam weights fetch --tag "
+                f"{pretrained_tag(name)}` on a machine with network, or pass a local weight file."
+            ) from exc
         raise ModelError(
-            f"cannot {what} {name!r} ({type(exc).__name__}); use pretrained='false' or a "
-            "local weight file, and a timm CNN such as resnet50."
+            f"cannot build a features_only {name!r} ({type(exc).__name__}); use a timm CNN "
+            "such as resnet50."
         ) from exc
     if weights_file is not None:
         load_weights(net, weights_file)
@@ -146,7 +164,7 @@ class UNet(nn.Module):
     """Fully supervised segmentation model: the localisation upper bound of Tables 1, 6 and 11.
 
     ``forward(x)`` returns logits (B,2,H,W) (channel 1 = FG) at the input size. ``pretrained``
-    is "false", "timm" (timm's cached weights, never a download here) or a local weight file.
+    is "false", "timm" (the pinned tag's cached weights, never a download) or a local weight file.
     """
 
     def __init__(
