@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +16,7 @@ from pixelcam.errors import ConfigError, DataError
 from pixelcam.sampler import IGNORE_INDEX
 
 __all__ = ["partial_cross_entropy", "pixelcam_objective", "denormalize", "local_crf_loss",
-           "elb_penalty", "negev_losses"]
+           "dense_crf_ratio", "elb_penalty", "negev_losses"]
 
 
 def partial_cross_entropy(
@@ -103,7 +104,9 @@ def local_crf_loss(
     """Local Potts CRF energy, batch mean of sum_{i != j in k x k} w_ij S_i^T (1 - S_j).
 
     ``probs`` (B,C,H,W) softmax maps, ``images`` (B,3,H,W) RGB in 0..255 (unnormalised, as the
-    official loss). See the module docstring for the approximation and its cost.
+    official loss). The raw window sum: :func:`negev_losses` multiplies it by
+    :func:`dense_crf_ratio` to put it on the dense CRF's scale. See pixelcam.models.negev for the
+    approximation and its cost.
     """
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ConfigError(f"crf kernel_size={kernel_size!r} must be an odd integer >= 1, e.g. 9.")
@@ -145,6 +148,46 @@ def local_crf_loss(
     return total.mean()
 
 
+@lru_cache(maxsize=64)
+def _axis_mass(n: int, sigma: float, radius: int | None) -> float:
+    """Mean over the n positions x of sum_{x'} exp(-(x - x')^2 / (2 sigma^2)), x' on the axis
+    (and within ``radius`` of x when given): image borders cut the sum, as they cut the CRF's."""
+    pos = torch.arange(n, dtype=torch.float64)
+    diff = pos[:, None] - pos[None, :]
+    kernel = torch.exp(-diff.square() / (2.0 * sigma * sigma))
+    if radius is not None:
+        kernel = kernel * (diff.abs() <= radius)
+    return float(kernel.sum(dim=1).mean())
+
+
+def dense_crf_ratio(height: int, width: int, sigma_xy: float = 100.0,
+                    kernel_size: int = 9) -> float:
+    """Spatial kernel mass per pixel of the dense CRF over that of the local k x k window.
+
+    The dense CRF sums exp(-|p_i - p_j|^2 / (2 sigma_xy^2)) over every other pixel j of the
+    H x W image; the local one over the k^2 - 1 neighbours of its window. Averaged over the
+    pixels (borders included; the Gaussian is separable, so each mean is a product of two
+    per-axis means, minus the pixel itself) their ratio is the factor by which the local sum
+    falls short of the dense one on a map of uniform colour statistics: 336 for 224 x 224,
+    sigma_xy 100 px, 9 x 9 (about 2.5e4 against 80 neighbours), 51.5 for 64 x 64. Scaling the
+    local energy by it keeps the official weight meaningful (tests/test_unet_negev.py, a
+    GlaS-like image at 224: 0.40-2.0x the exact dense energy, where the unscaled sum is
+    166-839x too small).
+    ``sigma_xy`` in pixels of this grid. 1.0 when the window holds no neighbour.
+    """
+    if height < 1 or width < 1 or sigma_xy <= 0 or kernel_size < 1:
+        raise ConfigError(
+            f"dense_crf_ratio needs a non-empty grid, sigma_xy > 0 and kernel_size >= 1, got "
+            f"{height}x{width}, sigma_xy={sigma_xy!r}, kernel_size={kernel_size!r}."
+        )
+    r = kernel_size // 2
+    dense = _axis_mass(height, float(sigma_xy), None) * _axis_mass(width, float(sigma_xy), None)
+    local = _axis_mass(height, float(sigma_xy), r) * _axis_mass(width, float(sigma_xy), r)
+    if local - 1.0 <= 1e-12:
+        return 1.0
+    return (dense - 1.0) / (local - 1.0)
+
+
 def elb_penalty(z: Tensor, t: float = 5.0) -> Tensor:
     """Extended log-barrier psi_t(z) for the constraint z <= 0 (Kervadec et al.), elementwise.
 
@@ -182,6 +225,7 @@ def negev_losses(
     sigma_xy: float = 100.0,
     crf_kernel: int = 9,
     crf_scale: float = 1.0,
+    crf_dense_scale: bool = True,
     lambda_size: float = 1.0,
     elb_t: float = 5.0,
     negative_samples: bool = False,
@@ -193,11 +237,15 @@ def negev_losses(
     ``seg_logits`` (B,2,H,W) of the decoder; ``seeds_target`` (B,H,W) a seeder output;
     ``images`` (B,3,H,W) RGB 0..255 (see :func:`denormalize`); ``labels`` (B,) image labels.
     Terms: ``seeds`` partial CE (``seed_rows`` as in partial_cross_entropy); ``crf`` the local
-    CRF energy; ``size`` the ELB barrier on FG and BG area fractions (mean softmax), each
-    required > 0, summed over the two and averaged over the batch; ``negative`` (with
-    ``negative_samples``) the mean CE of label-0 images against an all-BG mask. With
-    ``negative_samples`` the size barrier skips label-0 images, whose FG must be empty. All
-    terms carry grad (a zero when no row applies) and are never NaN.
+    CRF energy, times :func:`dense_crf_ratio` of its grid with ``crf_dense_scale`` (default): an
+    estimate of the dense CRF's Potts energy, so that the official ``lambda_crf`` = 2e-9 gives
+    the term the official size (the raw 9x9 sum with 2e-9 would be ~300x too weak at 224x224;
+    the official loss reports -sum_k S_k^T W S_k, this energy minus a constant); ``size`` the
+    ELB barrier on FG and BG area fractions (mean softmax), each required > 0, summed over the
+    two and averaged over the batch; ``negative`` (with ``negative_samples``) the mean CE of
+    label-0 images against an all-BG mask. With ``negative_samples`` the size barrier skips
+    label-0 images, whose FG must be empty. All terms carry grad (a zero when no row applies)
+    and are never NaN.
     """
     if seg_logits.ndim != 4 or seg_logits.shape[1] != 2:
         raise ValueError(
@@ -213,6 +261,11 @@ def negev_losses(
 
     loss_seeds = partial_cross_entropy(seg_logits, seeds_target, rows=seed_rows)
     loss_crf = local_crf_loss(probs, images, sigma_rgb, sigma_xy, crf_kernel, crf_scale)
+    if crf_dense_scale:  # the grid local_crf_loss evaluates on, sigma_xy in its pixels
+        h, w = images.shape[-2:]
+        if crf_scale < 1.0:
+            h, w = max(1, round(h * crf_scale)), max(1, round(w * crf_scale))
+        loss_crf = loss_crf * dense_crf_ratio(h, w, sigma_xy * crf_scale, crf_kernel)
 
     positive = labels.to(seg_logits.device) != 0
     size_rows = positive if negative_samples else torch.ones_like(positive)

@@ -416,7 +416,7 @@ def sample_seeds_th(
     cams: Tensor,
     n_fg: int = 5,
     n_bg: int = 5,
-    min_p: float = 0.2,
+    min_p: float = 0.4,
     erode_iter: int = 1,
     erode_k: int = 11,
     generator: torch.Generator | None = None,
@@ -427,7 +427,9 @@ def sample_seeds_th(
     c8 = floor(255*C); th = Otsu clamped to [1, 254]; ROI = c8 > th eroded ``erode_iter`` times
     by an ``erode_k`` square (pixels beyond the border do not erode). FG: up to ``n_fg`` pixels
     uniform in the eroded ROI (an empty ROI gives none); BG: ``n_bg`` uniform among the
-    ``int(min_p*H*W)`` lowest-CAM pixels. A constant c8 map gives no seed at all. ``fg_rows``
+    ``int(min_p*H*W)`` lowest-CAM pixels; the official TH reads ``sl_min_p``, 0.4 in the
+    official command (PB reads ``sl_ng_min_p``, 0.2), hence the default 0.4 here and the config
+    key ``th_min_p``. A constant c8 map gives no seed at all. ``fg_rows``
     as in :func:`sample_seeds_pb` (False rows: BG only, uniform over the whole image).
     """
     name = "sample_seeds_th"

@@ -5,16 +5,21 @@ any update) included, the valcl accuracy (B-CL) and the valpx PxAP (B-LOC) are m
 the latest epoch. Each epoch ends with an atomic checkpoint of everything needed to resume.
 
 Under torchrun (pixelcam.distributed) the same fit() trains with DistributedDataParallel: each rank
-gets batch_size / N images of every global batch from a DistributedSampler, BatchNorm uses the
-global batch's statistics, rank 0 validates and its scores are broadcast so every rank selects the
-same epochs, and rank 0 alone writes files. A single process takes the unchanged path.
+gets batch_size / N images of every global batch (FilledBatchSampler, which shuffles like a
+DistributedSampler), BatchNorm uses the global batch's statistics, rank 0 validates and its scores
+are broadcast so every rank selects the same epochs, and rank 0 alone writes files. A single
+process takes the unchanged path.
+
+Every training batch holds exactly `batch_size` images: the last, partial batch of an epoch is
+filled by repeating its own images cyclically, as the official code's `_fill_minibatch`
+(official-code-notes.md 4.2), so BatchNorm never sees e.g. GlaS's 67 = 32 + 32 + 3 leftover trio.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,12 +28,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pixelcam import distributed
 from pixelcam.atomic import read_back, save_torch, write_json
 from pixelcam.config import Config
-from pixelcam.evaluate import accuracy_only, eval_loader, evaluate_split
+from pixelcam.evaluate import accuracy_only, eval_loader, evaluate_split, loader_workers
 from pixelcam.losses import denormalize, negev_losses, pixelcam_objective
 from pixelcam.models.model import WSOLModel
 from pixelcam.models.sat import sat_losses
@@ -51,25 +56,89 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def train_loader(dataset: Dataset, cfg: Config, device: torch.device, seed: int) -> DataLoader:
-    """Shuffled batches of `batch_size`; under torchrun this rank's share of each global batch.
+class FilledBatchSampler(Sampler[list[int]]):
+    """Shuffled index batches of exactly `batch_size`; the last one filled from its own samples.
 
-    The DistributedSampler shuffles with the config seed (the same order on every rank, reset by
-    `set_epoch`); `seed` only seeds the loader's workers.
+    Each epoch is one random permutation of the `n` dataset indices cut into ceil(n / batch_size)
+    global batches. The last, partial batch of r < batch_size indices is filled cyclically with
+    those same r indices (i0..ir-1, i0..ir-1, ... up to batch_size), which is what the official
+    code's `_fill_minibatch` does to the tensors of the last batch; a split smaller than
+    `batch_size` becomes one batch filled the same way. Every index appears at least once per
+    epoch and only the last batch's indices repeat. The dataset loads a repeated index afresh,
+    so it gets its own random crop, flips and jitter (the official code repeats the augmented
+    tensors); that costs up to batch_size - 1 extra image loads per epoch.
+
+    With `world` > 1 (torchrun) rank `rank` takes positions rank, rank + world, ... of every global
+    batch: batch_size / world indices, the share a DistributedSampler with the DataLoader's
+    batching gives it, and exactly its order whenever n is a multiple of batch_size. Filling
+    before the split keeps every global batch the same for any world size (a DistributedSampler
+    instead pads the epoch with images from its start and leaves per-rank partial batches).
+
+    Order: with a `generator` (the single-process path, whose state `state.pt` keeps) each epoch
+    draws one `randperm` from it; without one, `randperm` of a generator seeded with
+    seed + epoch (call `set_epoch`), the DistributedSampler's rule, so every rank agrees without
+    communicating.
+    """
+
+    def __init__(self, n: int, batch_size: int, *, generator: torch.Generator | None = None,
+                 seed: int = 0, rank: int = 0, world: int = 1) -> None:
+        if batch_size < 1 or world < 1 or batch_size % world:
+            raise ValueError(f"FilledBatchSampler: batch_size={batch_size} must be a positive "
+                             f"multiple of world={world}")
+        if not 0 <= rank < world:
+            raise ValueError(f"FilledBatchSampler: rank={rank} must lie in [0, {world})")
+        self.n, self.batch_size, self.generator = int(n), int(batch_size), generator
+        self.seed, self.rank, self.world, self.epoch = int(seed), int(rank), int(world), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def global_batches(self) -> torch.Tensor:
+        """(batches, batch_size) indices of the next epoch (draws from the generator, if any)."""
+        if self.n == 0:
+            return torch.zeros(0, self.batch_size, dtype=torch.long)
+        if self.generator is not None:
+            order = torch.randperm(self.n, generator=self.generator)
+        else:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=g)
+        batches = len(self)
+        short = batches * self.batch_size - self.n
+        if short:
+            start = (batches - 1) * self.batch_size
+            cycle = torch.arange(short) % (self.n - start)  # the last batch's own samples, cyclic
+            order = torch.cat([order, order[start + cycle]])
+        return order.view(batches, self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self.global_batches()[:, self.rank::self.world].tolist()
+
+
+def train_loader(dataset: Dataset, cfg: Config, device: torch.device, seed: int) -> DataLoader:
+    """Shuffled batches of exactly `batch_size` (see FilledBatchSampler); under torchrun this
+    rank's share of each global batch.
+
+    A single process shuffles with the loader's generator (seeded with `seed`, saved in
+    `state.pt`); under torchrun every rank shuffles with the config seed + epoch (the same order on
+    every rank, set by `set_epoch`) and `seed` only seeds the loader's workers.
     """
     gen = torch.Generator()
     gen.manual_seed(seed)
-    common: dict[str, Any] = dict(
-        num_workers=cfg.num_workers, generator=gen, worker_init_fn=_seed_worker,
-        pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0, drop_last=False,
-    )
     if not distributed.initialized():
-        return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, **common)
-    world = distributed.world_size()
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=distributed.rank(),
-                                 shuffle=True, seed=cfg.seed, drop_last=False)
-    return DataLoader(dataset, batch_size=distributed.local_batch_size(cfg.batch_size, world),
-                      sampler=sampler, **common)
+        batches = FilledBatchSampler(len(dataset), cfg.batch_size, generator=gen)
+    else:  # torchrun, even with one process: the rank-independent seed + epoch order
+        world = distributed.world_size()
+        distributed.local_batch_size(cfg.batch_size, world)  # a clear error if it does not divide
+        batches = FilledBatchSampler(len(dataset), cfg.batch_size, seed=cfg.seed,
+                                     rank=distributed.rank(), world=world)
+    workers = loader_workers(cfg.num_workers)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, generator=gen,
+                      worker_init_fn=_seed_worker, pin_memory=device.type == "cuda",
+                      persistent_workers=workers > 0)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.SGD:
@@ -122,8 +191,10 @@ class FitResult:
 
 
 def _seeds(cfg: Config, cams: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The configured seeder; TH's BG region is `th_min_p` (official sl_min_p), PB's `min_p`."""
     if cfg.seeder == "th":
-        return sample_seeds_th(cams, n_fg=cfg.n_fg, n_bg=cfg.n_bg, min_p=cfg.min_p, generator=gen)
+        return sample_seeds_th(cams, n_fg=cfg.n_fg, n_bg=cfg.n_bg, min_p=cfg.th_min_p,
+                               generator=gen)
     return sample_seeds_pb(cams, n_fg=cfg.n_fg, n_bg=cfg.n_bg, min_p=cfg.min_p,
                            bg_mode=cfg.bg_mode, generator=gen)
 
@@ -210,7 +281,7 @@ def _train_epoch(model: WSOLModel, loader: DataLoader, opt: torch.optim.Optimize
         opt.step()
     if distributed.world_size() == 1:
         return {name: float(total) / max(batches, 1) for name, total in sums.items()}
-    # every rank runs as many batches (DistributedSampler pads): the mean of the rank means
+    # every rank runs as many batches (FilledBatchSampler): the mean of the rank means
     names = sorted(sums)
     if not names:
         return {}
@@ -316,8 +387,8 @@ def fit(model: WSOLModel, cfg: Config, phase: PhaseSpec, *, train_ds: Dataset, v
     for epoch in range(start_epoch, phase.epochs + 1):
         row: dict[str, Any] = {"epoch": epoch, "lr": opt.param_groups[0]["lr"]}
         if epoch > 0:
-            if isinstance(loader.sampler, DistributedSampler):
-                loader.sampler.set_epoch(epoch)
+            if isinstance(loader.batch_sampler, FilledBatchSampler):
+                loader.batch_sampler.set_epoch(epoch)  # the torchrun order; unused with a generator
             row.update(_train_epoch(net, loader, opt, cfg, phase, device, gen))
             sched.step()
         row.update(_validate(model, valcl, valpx, phase, device))

@@ -109,7 +109,9 @@ def launched(tmp_path_factory):
     single-process reference of the full-batch fit."""
     tmp = tmp_path_factory.mktemp("ddp")
     cache = str(tmp / "cache")
-    minibatch = {**TINY, "cache_dir": cache}  # 2 steps per epoch: 2 images per rank and step
+    # 2 steps per epoch, 3 images per rank and step: 8 = 6 + 2, the last batch filled to 6 by
+    # repeating its 2 images (the same global batch for 2 ranks as for 1 process)
+    minibatch = {**TINY, "cache_dir": cache, "batch_size": 6}
     full = {**minibatch, "batch_size": 8, "epochs": 3}  # 1 step per epoch: order-free
     runs_cfg = {**TINY, "epochs": 1, "cache_dir": str(tmp / "runs-cache")}
     # "stopped" trains 1 epoch, "resumed" reruns the 2-epoch phase in its folder: it resumes
@@ -128,7 +130,7 @@ def test_two_processes_train_the_weights_of_one(launched):
     # the ranks hold the same model (DDP averages gradients, BatchNorm statistics are global)
     for name, w in two[0]["minibatch"]["weights"].items():
         assert torch.equal(w, two[1]["minibatch"]["weights"][name]), name
-    # 2 ranks x 2 images == 1 process x 4 images, in the DistributedSampler's order
+    # 2 ranks x 3 images == 1 process x 6 images, the filled last batch included
     worst = _assert_close_weights(two[0]["minibatch"]["weights"], one[0]["minibatch"]["weights"])
     print(f"largest weight difference, 2 ranks vs 1 process: {worst:.2e}")
     # BatchNorm running statistics match too (GlooSyncBatchNorm), and the training moved them

@@ -371,3 +371,25 @@ def test_both_seeders_accept_an_empty_batch():
     for seeder in (sample_seeds_pb, sample_seeds_th):
         target = seeder(torch.rand(0, 16, 16), n_fg=2, n_bg=2, min_p=0.2)
         assert target.shape == (0, 16, 16) and target.dtype == torch.long
+
+
+def test_training_th_seeder_takes_bg_from_the_lowest_40_percent_and_pb_from_20() -> None:
+    """The official TH reads sl_min_p (0.4 in the official command), PB sl_ng_min_p (0.2): the
+    config's defaults th_min_p = 0.4 and min_p = 0.2 reach the seeders the training step calls."""
+    from pixelcam.config import Config
+    from pixelcam.train import _seeds
+
+    reps, h, w = 2000, 16, 16
+    cams = _distinct_cam(reps, h, w, seed=30)
+    rank = cams.flatten(1).argsort(dim=1).argsort(dim=1).view(reps, h, w)  # 0 = lowest CAM
+    for seeder, fraction in (("th", 0.4), ("pb", 0.2)):
+        cfg = Config(seeder=seeder, n_fg=0)  # BG only: no FG/BG conflict removes a seed
+        assert (cfg.th_min_p, cfg.min_p) == (0.4, 0.2)
+        t = _seeds(cfg, cams, _gen(31))
+        bg_rank = rank[t == 0]
+        assert bg_rank.numel() == reps * cfg.n_bg
+        k = int(fraction * h * w)
+        assert int(bg_rank.max()) < k  # inside the lowest `fraction` of the pixels
+        # uniform over that region: its upper half gets about half of the BG seeds
+        upper = float((bg_rank >= k // 2).float().mean())
+        assert upper == pytest.approx((k - k // 2) / k, abs=0.03)

@@ -10,7 +10,7 @@ from pixelcam.config import load_config
 from pixelcam.evaluate import resolve_device
 from pixelcam.report import main_table
 from pixelcam.runs import dataset, get_baseline, get_negev, get_or_train, get_unet, new_model
-from pixelcam.train import PhaseSpec, fit
+from pixelcam.train import FilledBatchSampler, PhaseSpec, fit, train_loader
 
 TINY = {
     "synthetic_n_train": 8, "synthetic_n_valcl": 4, "synthetic_n_test": 4,
@@ -18,6 +18,99 @@ TINY = {
     "image_size": 48, "resize_size": 56, "backbone": "resnet18", "epochs": 2, "batch_size": 4,
     "eval_batch_size": 8, "lr": 0.01, "device": "cpu",
 }
+
+
+class _Indices(torch.utils.data.Dataset):
+    """n items that only carry their index, with a random "augmentation" from torch's RNG."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        return {"index": i, "crop": torch.rand(())}
+
+
+def _epochs(loader, epochs: int) -> list[list[list[int]]]:
+    out = []
+    for epoch in range(epochs):
+        if hasattr(loader.batch_sampler, "set_epoch"):
+            loader.batch_sampler.set_epoch(epoch)
+        out.append([batch["index"].tolist() for batch in loader])
+    return out
+
+
+def test_training_batches_are_full_glas_67_by_32():
+    """GlaS: 67 = 32 + 32 + 3. Every batch holds 32 images, every image comes once per epoch,
+    and the repeats are the last partial batch's own 3 images, cyclically (_fill_minibatch)."""
+    cfg = load_config(None, {"batch_size": 32, "num_workers": 0})
+    epochs = _epochs(train_loader(_Indices(67), cfg, torch.device("cpu"), seed=0), 3)
+    for batches in epochs:
+        assert [len(b) for b in batches] == [32, 32, 32]
+        flat = [i for b in batches for i in b]
+        assert sorted(set(flat)) == list(range(67))
+        first = batches[0] + batches[1]
+        assert len(set(first)) == 64  # the full batches repeat nothing
+        last = batches[2]
+        own = last[:3]
+        assert len(set(own)) == 3 and not set(own) & set(first)
+        assert last == (own * 11)[:32]  # i0 i1 i2 i0 i1 i2 ...: 11, 11 and 10 copies
+    assert epochs[0] != epochs[1]  # reshuffled every epoch
+    # deterministic under the configured seed
+    again = _epochs(train_loader(_Indices(67), cfg, torch.device("cpu"), seed=0), 3)
+    assert again == epochs
+    # a repeated image is loaded afresh: its own random augmentation
+    last = list(train_loader(_Indices(67), cfg, torch.device("cpu"), seed=0))[-1]
+    assert len(set(last["index"].tolist())) == 3 and len(set(last["crop"].tolist())) == 32
+
+
+def test_a_split_smaller_than_the_batch_is_one_filled_batch():
+    batches = list(FilledBatchSampler(5, 8, seed=1))
+    assert len(batches) == 1 and sorted(set(batches[0])) == list(range(5))
+    assert batches[0] == (batches[0][:5] * 2)[:8]
+    assert list(FilledBatchSampler(0, 8)) == [] and len(FilledBatchSampler(0, 8)) == 0
+    assert list(FilledBatchSampler(64, 32, seed=0)) != []  # no filling when it divides
+    assert all(len(set(b)) == 32 for b in FilledBatchSampler(64, 32, seed=0))
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_ranks_share_every_filled_global_batch(world):
+    """Under torchrun each rank takes 32/world images of every global batch; together they are
+    the one-process global batches, filled before the split, for any world size."""
+    for epoch in range(2):
+        whole = FilledBatchSampler(67, 32, seed=3)
+        whole.set_epoch(epoch)
+        reference = list(whole)
+        shares = []
+        for rank in range(world):
+            part = FilledBatchSampler(67, 32, seed=3, rank=rank, world=world)
+            part.set_epoch(epoch)
+            shares.append(list(part))
+        assert all(len(s) == 3 and all(len(b) == 32 // world for b in s) for s in shares)
+        for step, batch in enumerate(reference):
+            joined = [shares[r][step][j] for j in range(32 // world) for r in range(world)]
+            assert joined == batch
+    with pytest.raises(ValueError, match="multiple"):
+        FilledBatchSampler(67, 30, world=4)
+
+
+def test_ranks_take_the_distributed_samplers_order_when_nothing_is_filled():
+    """n a multiple of the batch: exactly the DistributedSampler + DataLoader batches."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    data = list(range(64))
+    for world in (1, 2, 4):
+        for rank in range(world):
+            ds = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=3)
+            ours = FilledBatchSampler(64, 32, seed=3, rank=rank, world=world)
+            for epoch in range(2):
+                ds.set_epoch(epoch)
+                ours.set_epoch(epoch)
+                theirs = [b.tolist() for b in DataLoader(data, batch_size=32 // world,
+                                                         sampler=ds)]
+                assert list(ours) == theirs
 
 
 @pytest.fixture(scope="module")
