@@ -124,25 +124,36 @@ Each WSOL baseline of `table_methods` (DeepMIL, GradCAM++, LayerCAM, SAT), the s
 trained and evaluated with the protocol of the paper (official-code-notes.md, sections 3–5): the
 baseline's B-LOC CAMs of the train split seed PixelCAM, which starts from the baseline's B-CL
 weights; test numbers are those of the `select` checkpoint (B-LOC). Every table puts the paper's
-number beside this run's, with the difference.
+number beside this run's, with the difference. With `seeds` (e.g. `0,1,2`) every row of Tables
+1 and 2 is trained once per seed: Table 1 shows the mean ± standard deviation over seeds and
+every seed's number, Table 2 adds a paired t-test over seeds; the other tables and the figures
+show the first seed's models. The paper reports single runs.
 
 {QUICK_NOTE}
 """,
     [
-        code("runs = ex.dataset_runs(cfg)  # trains what the run cache does not hold yet"),
+        code('''# every row once per seed of `seeds` (trains what the run cache does not hold yet)
+seeded_runs = ex.dataset_runs(cfg, all_seeds=True)
+runs = {name: ex.first_seed(rows) for name, rows in seeded_runs.items()}  # Tables 4, 6, figures'''),
         md("## Table 1: localisation (PxAP) and classification (CL) accuracy on the test set"),
-        code('''table1 = {}
-for name, rows in runs.items():
-    table1[name] = main_table(rows, cfg.for_dataset(name))
-    display(Markdown(f"### {DATASET_NAMES[name]}\\n{data_note(cfg.for_dataset(name))}"), table1[name])'''),
+        code('''table1, table1_seeds = {}, {}
+for name, rows in seeded_runs.items():
+    dcfg = cfg.for_dataset(name)
+    table1[name], table1_seeds[name] = main_table(rows, dcfg), ex.seed_table(rows, dcfg)
+    display(Markdown(f"### {DATASET_NAMES[name]}\\n{data_note(dcfg)}{ex.seed_note(dcfg)}"), table1[name])
+    if len(dcfg.seed_list) > 1:
+        display(Markdown("Every seed's number, then their mean and standard deviation (ddof = 1):"),
+                table1_seeds[name])'''),
         md("""## Table 2: paired t-tests, baseline vs PixelCAM (localisation)
 
 The paper's t and p fit 28 degrees of freedom (official-code-notes.md 5.5): *resampled* runs
 `scipy.stats.ttest_rel` on the pooled PxAP of `ttest_resamples` seeded bootstrap resamples of
 the test set (29 give df = 28), the same resamples for both models; *per image* uses each test
-image's own AP (images with foreground). t > 0: PixelCAM localises better."""),
+image's own AP (images with foreground); both compare the first seed's models. *over seeds*
+pairs each seed's test PxAP of the baseline and of its PixelCAM model (df = seeds - 1; empty with
+one seed): how the gain holds across trainings. t > 0: PixelCAM localises better."""),
         code('''table2 = {}
-for name, rows in runs.items():
+for name, rows in seeded_runs.items():
     table2[name] = ex.ttest_table(rows, cfg.for_dataset(name))
     display(Markdown(f"### {DATASET_NAMES[name]}"), table2[name])'''),
         md("""## Table 6: pixel rates at the best-mIoU threshold
@@ -172,14 +183,16 @@ for name, rows in runs.items():
     display(Markdown(f"### {DATASET_NAMES[name]}"))
     display(history_plot([r for r in rows if r.kind in ("baseline", "pixelcam")]))'''),
         code('''metrics, headline, named_runs = {}, {}, {}
-for name, rows in runs.items():
+for name, rows in seeded_runs.items():
+    n_seeds = len(cfg.for_dataset(name).seed_list)
     for table, frames in (("table1", table1), ("table2", table2), ("table4", table4),
-                          ("table6", table6)):
+                          ("table6", table6)) + ((("table1 seeds", table1_seeds),) if n_seeds > 1 else ()):
         metrics[f"{table}@{name}"] = frames[name].reset_index().to_dict(orient="records")
     for row in ("LayerCAM", "LayerCAM + PixelCAM"):
-        if row in table1[name].index:
-            headline[f"{DATASET_NAMES[name]} {row} PxAP"] = table1[name].loc[row, "PxAP run"]
-    named_runs.update({f"{name} / {method_label(r)}": r for r in rows})'''),
+        if row in table1_seeds[name].index:
+            mean = f" (mean of {n_seeds} seeds)" if n_seeds > 1 else ""
+            headline[f"{DATASET_NAMES[name]} {row} PxAP{mean}"] = table1_seeds[name].loc[row, "PxAP mean"]
+    named_runs.update(ex.seed_named_runs(rows, name))'''),
     ],
     ", main_table, rates_table, map_grid, history_plot, method_label\n"
     "from pixelcam.figures import separability_hist",
@@ -387,7 +400,8 @@ NOTEBOOKS["10_backbones"] = (
     f"""
 Table 1's experiment (baselines of `table_methods`, + NEGEV, + PixelCAM) on each backbone of
 `backbones`: VGG16 (Tables 7, 9) and InceptionV3 (Tables 8, 10), with the paired t-tests of
-baseline vs PixelCAM.
+baseline vs PixelCAM. With `seeds`, every row once per seed, as in notebook 01: mean ± standard
+deviation over seeds, every seed's number and a paired t-test over seeds.
 
 {QUICK_NOTE}
 """,
@@ -397,20 +411,27 @@ results, named_runs = {}, {}
 for backbone in [b.strip() for b in cfg.backbones.split(",") if b.strip()]:
     bcfg = cfg.replace(backbone=backbone)
     main, tests = TABLES.get(backbone, ("table7", "table9"))
-    for name, rows in ex.dataset_runs(bcfg).items():
+    for name, rows in ex.dataset_runs(bcfg, all_seeds=True).items():  # once per seed of `seeds`
         dcfg = bcfg.for_dataset(name)
         results[(backbone, name)] = (main_table(rows, dcfg, table=main),
-                                     ex.ttest_table(rows, dcfg, table=tests))
-        named_runs.update({f"{backbone} {name} / {method_label(r)}": r for r in rows})
-        display(Markdown(f"### {backbone}, {DATASET_NAMES[name]} ({main}, {tests})\\n{data_note(dcfg)}"),
-                *results[(backbone, name)])'''),
+                                     ex.ttest_table(rows, dcfg, table=tests),
+                                     ex.seed_table(rows, dcfg))
+        named_runs.update(ex.seed_named_runs(rows, f"{backbone} {name}"))
+        display(Markdown(f"### {backbone}, {DATASET_NAMES[name]} ({main}, {tests})\\n"
+                         f"{data_note(dcfg)}{ex.seed_note(dcfg)}"), *results[(backbone, name)][:2])
+        if len(dcfg.seed_list) > 1:
+            display(results[(backbone, name)][2])'''),
         code('''metrics, headline = {}, {}
-for (backbone, name), (main, tests) in results.items():
+for (backbone, name), (main, tests, seeds) in results.items():
+    n_seeds = len(cfg.for_dataset(name).seed_list)
     metrics[f"{backbone} {name} PxAP/CL"] = main.reset_index().to_dict(orient="records")
     metrics[f"{backbone} {name} t-test"] = tests.reset_index().to_dict(orient="records")
+    if n_seeds > 1:
+        metrics[f"{backbone} {name} seeds"] = seeds.reset_index().to_dict(orient="records")
     for row in main.index:
         if row.endswith("PixelCAM"):
-            headline[f"{backbone} {DATASET_NAMES[name]} {row} PxAP"] = main.loc[row, "PxAP run"]'''),
+            mean = f" (mean of {n_seeds} seeds)" if n_seeds > 1 else ""
+            headline[f"{backbone} {DATASET_NAMES[name]} {row} PxAP{mean}"] = seeds.loc[row, "PxAP mean"]'''),
     ],
     ", main_table, method_label",
 )

@@ -76,6 +76,58 @@ def _value(x: Any, digits: int) -> Any:
     return None if np.isnan(x) else round(x, digits)
 
 
+def run_seed(run: Run) -> int:
+    """The `seed` a run was trained with."""
+    return int(run.results["config"].get("seed", 0))
+
+
+def first_seed(runs: list[Run]) -> list[Run]:
+    """The runs of the first seed in a seed-major list (the single-run tables and figures)."""
+    return [r for r in runs if run_seed(r) == run_seed(runs[0])] if runs else []
+
+
+def by_row(runs: list[Run]) -> dict[str, list[Run]]:
+    """Runs grouped by their table row, in row order; each row's runs in seed order.
+
+    Two runs of one row must differ by seed (a row trained once per seed of `seeds`)."""
+    rows: dict[str, list[Run]] = {}
+    for run in runs:
+        rows.setdefault(method_label(run), []).append(run)
+    for label, group in rows.items():
+        seeds = [run_seed(r) for r in group]
+        if len(set(seeds)) < len(seeds):
+            raise ValueError(f"row {label!r} has two runs of one seed ({seeds}): give each row "
+                             "once per seed")
+    return rows
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """(mean, sample standard deviation with ddof=1) of the non-NaN values; NaN where undefined
+    (no value; the std of a single value)."""
+    x = np.asarray([v for v in values if v is not None and not np.isnan(v)], dtype=np.float64)
+    mean = float(x.mean()) if x.size else float("nan")
+    std = float(x.std(ddof=1)) if x.size > 1 else float("nan")
+    return mean, std
+
+
+def format_mean_std(values: list[float], digits: int = 1) -> str | None:
+    """Per-seed values as "mean ± std" (std with ddof=1; "n/a" for one value); None if none."""
+    mean, std = mean_std(values)
+    if np.isnan(mean):
+        return None
+    return f"{mean:.{digits}f} ± {'n/a' if np.isnan(std) else f'{std:.{digits}f}'}"
+
+
+def seed_note(cfg: Config) -> str:
+    """What the "run" column of a multi-seed table holds ("" with one seed)."""
+    seeds = cfg.seed_list
+    if len(seeds) < 2:
+        return ""
+    return (f"\n\n**run** = mean ± standard deviation over {len(seeds)} seeds "
+            f"({', '.join(map(str, seeds))}; sample standard deviation, ddof = 1); "
+            "**diff** = the mean minus the paper's single run.")
+
+
 def scores(test: dict[str, Any]) -> dict[str, float]:
     """A test-result dict (results.json) as the paper's PxAP and CL columns."""
     return {"pxap": test["pxap"], "cl": test["accuracy"]}
@@ -87,7 +139,9 @@ def comparison(entries: list[tuple[str, dict[str, Any]]], table: str, prefix: st
     """Paper | this run | difference for each metric, one row per (label, values) entry.
 
     `prefix` picks the paper's columns (e.g. "glas", or "glas_external" in Table 18);
-    `paper_label` maps a row label to a different row of the paper's table.
+    `paper_label` maps a row label to a different row of the paper's table. A value that is a
+    list holds one number per seed: "run" shows "mean ± std" (std with ddof=1), "diff" is the
+    mean's difference to the paper.
     """
     paper = paper_rows(table, prefix)
     rows = []
@@ -96,9 +150,14 @@ def comparison(entries: list[tuple[str, dict[str, Any]]], table: str, prefix: st
         row: dict[str, Any] = {"Method": label}
         for m in metrics:
             name = METRIC_NAMES.get(m, m)
-            run_value = _value(values.get(m), digits)
+            value = values.get(m)
+            if isinstance(value, (list, tuple)):  # one value per seed
+                shown: Any = format_mean_std(list(value), digits)
+                run_value = _value(mean_std(list(value))[0], digits)
+            else:
+                shown = run_value = _value(value, digits)
             row[f"{name} paper"] = ref.get(m)
-            row[f"{name} run"] = run_value
+            row[f"{name} run"] = shown
             row[f"{name} diff"] = _delta(run_value, ref.get(m))
         rows.append(row)
     return pd.DataFrame(rows).set_index("Method")
@@ -106,9 +165,48 @@ def comparison(entries: list[tuple[str, dict[str, Any]]], table: str, prefix: st
 
 def main_table(runs: list[Run], cfg: Config, checkpoint: str | None = None,
                table: str = "table1") -> pd.DataFrame:
-    """Table 1 rows for these runs: PxAP and CL, paper | this run | difference."""
-    entries = [(method_label(run), scores(run.test(checkpoint or cfg.select))) for run in runs]
+    """Table 1 rows for these runs: PxAP and CL, paper | this run | difference.
+
+    With several runs of a row (one per seed of `seeds`, as `dataset_runs(cfg, all_seeds=True)`
+    gives them), "run" is "mean ± std" over the seeds (std with ddof=1) and "diff" is the mean
+    minus the paper's number; with one run per row the table is the single-run table.
+    """
+    checkpoint = checkpoint or cfg.select
+    if len({run_seed(r) for r in runs}) <= 1:  # one seed: the single-run table
+        entries = [(method_label(run), scores(run.test(checkpoint))) for run in runs]
+        return comparison(entries, table, cfg.dataset)
+    rows = by_row(runs)
+    entries = [(label, {m: [scores(r.test(checkpoint))[m] for r in group]
+                        for m in ("pxap", "cl")})
+               for label, group in rows.items()]
     return comparison(entries, table, cfg.dataset)
+
+
+def seed_table(runs: list[Run], cfg: Config, checkpoint: str | None = None,
+               digits: int = 1) -> pd.DataFrame:
+    """Every seed's PxAP and CL per row (rows x seeds), then their mean and std (ddof=1).
+
+    Columns "PxAP seed <s>" per seed, "PxAP mean", "PxAP std", then the same for CL; a number
+    that is undefined (CL of the U-Net, the std of one seed) is empty.
+    """
+    checkpoint = checkpoint or cfg.select
+    rows = by_row(runs)
+    seeds = list(dict.fromkeys(run_seed(r) for r in runs))
+    out = []
+    for label, group in rows.items():
+        row: dict[str, Any] = {"Method": label}
+        per_seed = {run_seed(r): scores(r.test(checkpoint)) for r in group}
+        for m in ("pxap", "cl"):
+            name = METRIC_NAMES[m]
+            values = [per_seed[s][m] for s in seeds if s in per_seed]
+            for s in seeds:
+                row[f"{name} seed {s}"] = _value(per_seed[s][m], digits) if s in per_seed \
+                    else None
+            mean, std = mean_std(values)
+            row[f"{name} mean"] = _value(mean, digits)
+            row[f"{name} std"] = _value(std, digits)
+        out.append(row)
+    return pd.DataFrame(out).set_index("Method")
 
 
 def rates_table(runs: list[Run], cfg: Config, checkpoint: str | None = None) -> pd.DataFrame:
