@@ -9,7 +9,7 @@ PROFILE ?= quick
 ONLY   ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: install reports test lint bench clean-outputs
+.PHONY: install reports preflight-ci test lint bench clean-outputs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ install: $(STAMP)
 
 reports: install
 	$(VENV)/bin/pixelcam reports --profile $(PROFILE) $(if $(ONLY),--only $(ONLY))
+
+# the paper profile's preflight on the committed GlaS sample and synthetic slides (CPU, no weights)
+preflight-ci: install
+	bash .ci/preflight
 
 test: install
 	$(VENV)/bin/pytest -q

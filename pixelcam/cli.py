@@ -21,7 +21,7 @@ def cmd_reports(args: argparse.Namespace) -> int:
     return run_reports(args.profile, Path(args.root).resolve(), only=args.only,
                        overrides=_overrides(args.param), cell_timeout=args.cell_timeout,
                        outputs=Path(args.outputs).resolve() if args.outputs else None,
-                       shard_spec=args.shard)
+                       shard_spec=args.shard, preflight=args.preflight)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -58,8 +58,8 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     if args.dataset == "glas":
         from pixelcam.data.glas import prepare_glas
 
-        manifest = prepare_glas(args.src, args.out, seed=args.seed, folds=args.folds,
-                                link=not args.copy, overwrite=args.overwrite)
+        manifest = prepare_glas(args.src, args.out, split=args.split, seed=args.seed,
+                                folds=args.folds, link=not args.copy, overwrite=args.overwrite)
     else:
         from pixelcam.data.camelyon import prepare_camelyon16
 
@@ -82,19 +82,36 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     prep = actions.add_parser("prepare", help="turn a raw download into a data root")
     kinds = prep.add_subparsers(dest="dataset", required=True)
 
-    glas = kinds.add_parser("glas", help="GlaS: the official download -> the protocol split")
+    glas = kinds.add_parser(
+        "glas", help="GlaS: the official download -> the protocol's published folds",
+        description="GlaS (Warwick-QU): the official download -> a data root in the fold format. "
+                    "By default the WSOL protocol's published GlaS folds fold-0 ... fold-4 "
+                    "(shipped with the package, from the official code's wsol-done-right-splits) "
+                    "are written under <out>/folds; fold-0 is the one the kit reads. They need "
+                    "the full download (165 images). --split seeded draws the protocol split "
+                    "(train/valcl/valpx/test) from what --src holds instead, e.g. a sample.")
     camelyon = kinds.add_parser(
         "camelyon16", help="CAMELYON16: WSIs + XML annotations -> 512x512 patches and masks")
     for p in (glas, camelyon):
         p.add_argument("--src", required=True, help="the unpacked download")
         p.add_argument("--out", required=True, help="the data root to create")
-        p.add_argument("--folds", default=None,
-                       help="a published fold directory (or a folder of fold-k) to use as is")
-        p.add_argument("--seed", type=int, default=0, help="seed of the split draw")
         p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
         p.set_defaults(func=cmd_data_prepare)
+    glas.add_argument("--split", choices=("published", "seeded"), default="published",
+                      help="published (default): the protocol's published folds (or --folds DIR); "
+                           "seeded: test = testA+testB, the train images drawn into train/valcl "
+                           "stratified (67/18 on the full download, >= 1 valcl image per "
+                           "class), valpx = 3 per class from valcl; --seed picks the draw")
+    glas.add_argument("--folds", default=None, metavar="DIR",
+                      help="another published fold directory (or a folder of fold-k) to use "
+                           "instead of the packaged GlaS folds")
+    glas.add_argument("--seed", type=int, default=None,
+                      help="seed of the --split seeded draw (default 0)")
     glas.add_argument("--copy", action="store_true",
                       help="copy the images instead of hard-linking them")
+    camelyon.add_argument("--folds", default=None, metavar="DIR",
+                          help="a published fold directory (or a folder of fold-k) to use as is")
+    camelyon.add_argument("--seed", type=int, default=0, help="seed of the split draw")
     camelyon.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                           help="processes, one slide each at a time")
     camelyon.add_argument("--patch-size", type=int, default=512)
@@ -108,6 +125,45 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                           help="from scratch: valcl patches per class with masks (paper: 6)")
     camelyon.add_argument("--max-per-class", type=int, default=None,
                           help="from scratch: cap the patches per class and pool")
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from pixelcam import weights
+
+    tags = list(dict.fromkeys(args.tag)) if getattr(args, "tag", None) else (
+        weights.profile_weights(args.profile, Path(args.root)))
+    if not tags:
+        print(f"profile {args.profile} needs no timm weights (its params do not say "
+              "pretrained: timm)")
+        return 0
+    if args.action == "list":
+        for tag in tags:
+            print(f"{tag:<34} cached: {'yes' if weights.cached_weights_file(tag) else 'no'}")
+        print(f"cache: {weights.hub_cache_dir()}")
+        return 0
+    for tag in tags:
+        status = weights.fetch_weights([tag])[tag]
+        print(f"{tag:<34} {status}: {weights.cached_weights_file(tag)}")
+    return 0
+
+
+def _add_weights(sub: argparse._SubParsersAction) -> None:
+    w = sub.add_parser("weights", help="the pretrained weights a profile needs (HF cache)")
+    actions = w.add_subparsers(dest="action", required=True)
+    fetch = actions.add_parser(
+        "fetch", help="download the missing ones into the Hugging Face cache (needs network)",
+        description="Download the timm weights that the profile's params load with "
+                    "`pretrained: timm` into the standard Hugging Face cache (HF_HUB_CACHE, "
+                    "else HF_HOME/hub). Run it once on a machine with network; runs never "
+                    "download and read that cache only.")
+    listing = actions.add_parser("list", help="the weights a profile needs, and whether cached")
+    for p in (fetch, listing):
+        p.add_argument("--profile", default="paper", help="params/<profile>/ to read")
+        p.add_argument("--root", default=".", help="project folder holding params/")
+        p.set_defaults(func=cmd_weights)
+    fetch.add_argument("--tag", action="append", default=[], metavar="ARCH.TAG",
+                       help="fetch this timm tag instead of the profile's (repeatable), e.g. "
+                            "resnet50.tv_in1k")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--shard", metavar="I/N",
                      help="run notebooks I, I+N, I+2N, ... only (1 <= I <= N), e.g. one per GPU "
                           "or SLURM array task; the run cache and its locks are shared")
+    rep.add_argument("--preflight", action="store_true",
+                     help="every notebook of the profile on a few images per split, 1 epoch per "
+                          "phase, into outputs/<profile>-preflight: minutes that tell whether "
+                          "the full run will reach its end")
     rep.set_defaults(func=cmd_reports)
 
     tr = sub.add_parser("train", help="train (or reuse) a baseline and its PixelCAM model")
@@ -137,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     ver.set_defaults(func=cmd_verify)
 
     _add_data(sub)
+    _add_weights(sub)
     return parser
 
 

@@ -69,6 +69,10 @@ class Config:
     gamma: float = 0.1
     lr_floor: float = 1e-6
     seed: int = 0
+    # Table 1's rows trained once per seed (comma-separated, e.g. "0,1,2"; "" = just `seed`): the
+    # tables show mean ± std over seeds. Each per-seed run is hashed with its own `seed`, so this
+    # key is not hashed and seed 0's run is the single-seed run of seed 0.
+    seeds: str = ""
 
     # --- PixelCAM phase -------------------------------------------------------------------
     pixelcam_epochs: int = 0  # 0 = same as epochs
@@ -77,6 +81,8 @@ class Config:
     n_fg: int = 5
     n_bg: int = 5
     min_p: float = 0.2  # PB reads sl_ng_min_p (0.2) in the official code, not the README's 0.4
+    # TH's lowest-CAM BG region: the official TH reads sl_min_p, 0.4 in the official command
+    th_min_p: float = 0.4
     bg_mode: str = "official"  # official: uniform in the lowest-min_p region | paper: ~ 1-CAM
     lam: float = 1.0
     cam_checkpoint: str = "b-loc"  # baseline checkpoint whose CAMs seed PixelCAM (Table 14)
@@ -108,7 +114,7 @@ class Config:
     glas: dict[str, Any] = field(default_factory=dict)
     camelyon16: dict[str, Any] = field(default_factory=dict)
     # notebook sweeps (comma-separated values) and figure settings
-    backbones: str = "vgg16,inception_v3"  # notebook 10 (Tables 7-10)
+    backbones: str = ""  # notebook 10's sweep (Tables 7-10); its params files name the backbones
     n_values: str = "1,5,10,20"
     lam_values: str = "1,0.5,0.1,0.01,0.001"
     stain_levels: int = 10
@@ -138,10 +144,17 @@ class Config:
         if name not in DATASETS:
             raise ConfigError(f"dataset {name!r} is not valid: use one of {', '.join(DATASETS)}")
         changes = dict(getattr(self, name))
+        if changes.get("data_root") == "":  # PIXELCAM_<NAME>_ROOT was unset at load time
+            raise missing_root_error(name)
         if self.method == "sat":  # DeiT-Tiny/16 keeps its 224x224 input on every dataset
             changes.pop("image_size", None)
             changes.pop("resize_size", None)
         return self.replace(dataset=name, **changes)
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds Table 1's rows are trained with: `seeds`, or just `seed` when it is empty."""
+        return parse_seeds(self.seeds) or [self.seed]
 
     @property
     def methods(self) -> list[str]:
@@ -179,14 +192,14 @@ RUNTIME_KEYS = frozenset(
     {"select", "eval_batch_size", "device", "num_workers", "cache_dir", "figure_images",
      "table_methods", "table_negev", "table_unet", "datasets", "glas", "camelyon16",
      "backbones", "n_values", "lam_values", "stain_levels", "stain_levels_file", "ttest_resamples",
-     "tsne_images", "tsne_pixels", "compile"}
+     "tsne_images", "tsne_pixels", "compile", "seeds"}
 )
 # Keys that only the PixelCAM phase reads: a baseline is shared by every value of these.
 PIXELCAM_KEYS = frozenset(
-    {"pixelcam_epochs", "pixel_head", "seeder", "n_fg", "n_bg", "min_p", "bg_mode", "lam",
-     "cam_checkpoint", "init_checkpoint", "low_res", "pixel_loss_rows", "cam_source"}
+    {"pixelcam_epochs", "pixel_head", "seeder", "n_fg", "n_bg", "min_p", "th_min_p", "bg_mode",
+     "lam", "cam_checkpoint", "init_checkpoint", "low_res", "pixel_loss_rows", "cam_source"}
 )
-HASH_VERSION = 2  # bump when training code changes what a config produces
+HASH_VERSION = 3  # bump when training code changes what a config produces
 
 
 # (low, high, low inclusive, high inclusive) for every bounded number; None = unbounded
@@ -201,7 +214,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "head_lr_ratio": (0.0, None, False, True), "momentum": (0.0, 1.0, True, False),
     "weight_decay": (0.0, None, True, True), "gamma": (0.0, 1.0, False, True),
     "lr_floor": (0.0, None, True, True), "spatial_dropout": (0.0, 1.0, True, False),
-    "min_p": (0.0, 1.0, False, True), "lam": (0.0, None, True, True),
+    "min_p": (0.0, 1.0, False, True), "th_min_p": (0.0, 1.0, False, True),
+    "lam": (0.0, None, True, True),
     "synthetic_n_train": (2, None, True, True), "synthetic_n_valcl": (2, None, True, True),
     "synthetic_n_test": (2, None, True, True),
     "synthetic_n_valpx_per_class": (1, None, True, True),
@@ -229,7 +243,19 @@ def _check_range(cfg: Config, key: str) -> None:
         )
 
 
+def parse_seeds(text: str) -> list[int]:
+    """`seeds` ("0,1,2") as ints: non-negative, no repeats; "" gives [] (= just `seed`)."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not all(p.isascii() and p.isdigit() for p in parts) or len(set(map(int, parts))) < len(
+            parts):
+        raise ConfigError(
+            f"seeds={text!r} is not valid: use distinct non-negative integers separated by "
+            "commas, e.g. seeds: 0,1,2 (or \"\" for just `seed`)")
+    return [int(p) for p in parts]
+
+
 def _check_choices(cfg: Config) -> None:
+    parse_seeds(cfg.seeds)
     for key, valid in CHOICES.items():
         value = getattr(cfg, key)
         if value not in valid:
@@ -321,18 +347,40 @@ def _coerce_block(name: str, block: Mapping[str, Any], source: str) -> dict[str,
     return out
 
 
-def _resolve_data_root(values: dict[str, Any], source: str) -> None:
-    """data_root "" means: take it from PIXELCAM_<DATASET>_ROOT, else stop with the fix."""
-    if values.get("data_root", Config.data_root) != "":
-        return
+def _env_var(name: str) -> str:
+    return f"PIXELCAM_{name.upper()}_ROOT"
+
+
+def missing_root_error(name: str, source: str = "params") -> ConfigError:
+    """The one-line fix for a dataset without a data root: prepare it, then point to it."""
+    return ConfigError(
+        f"{source}: no data for {name}: prepare it once with `pixelcam data prepare {name} "
+        f"--src <the unpacked download> --out <folder>`, then `export {_env_var(name)}=<folder>` "
+        f"or pass `-p {name}.data_root=<folder>`")
+
+
+def _resolve_data_roots(values: dict[str, Any], source: str) -> None:
+    """Give every dataset a concrete data root before the Config exists.
+
+    A per-dataset block's non-empty `data_root` wins for its dataset; the top-level one applies to
+    the datasets without a block entry. "" (in a block, or at the top for the datasets without an
+    entry) means the environment variable PIXELCAM_<DATASET>_ROOT of *that* dataset, so one
+    dataset's folder is never inherited by the other. The resolved roots are written into the
+    blocks; a dataset whose variable is unset keeps "" there, and using it raises the fix
+    (`Config.for_dataset`). The top-level `data_root` becomes the root of `dataset`.
+    """
+    top = values.get("data_root", Config.data_root)
+    for name in DATASETS:
+        block = values.get(name) or {}
+        if block.get("data_root") or ("data_root" not in block and top != ""):
+            continue  # explicit for this dataset, or inherits an explicit top-level root
+        values[name] = {**block, "data_root": os.environ.get(_env_var(name), "")}
     name = values.get("dataset", Config.dataset)
-    var = f"PIXELCAM_{str(name).upper()}_ROOT"
-    root = os.environ.get(var, "")
+    if name not in DATASETS:
+        return  # Config's own check names the valid datasets
+    root = (values.get(name) or {}).get("data_root") or top
     if not root:
-        raise ConfigError(
-            f"{source}: no data for {name}: prepare it once with `pixelcam data prepare {name} "
-            f"--src <the unpacked download> --out <folder>`, then `export {var}=<folder>` or "
-            f"pass `-p {name}.data_root=<folder>` (or `-p data_root=<folder>`)")
+        raise missing_root_error(name, source)
     values["data_root"] = root
 
 
@@ -380,13 +428,15 @@ def load_config(path: str | Path | None = None,
         clean[key] = _coerce(key, value, types_[key], src)
     if clean.get("cam_source") == clean.get("dataset", Config.dataset):
         clean["cam_source"] = ""  # pseudo-labels from the same dataset: one spelling, one hash
-    _resolve_data_root(clean, source)
+    _resolve_data_roots(clean, source)
     cfg = Config(**clean)
     if check_datasets:  # every dataset a notebook covers must be usable before it starts
         for name in cfg.dataset_names:
             if name not in DATASETS:
                 raise ConfigError(f"{source}: datasets names {name!r}: use a comma-separated "
                                   f"list of {', '.join(DATASETS)}")
+            if getattr(cfg, name).get("data_root") == "":
+                raise missing_root_error(name, source)
             cfg.for_dataset(name)
     return cfg
 
@@ -437,5 +487,5 @@ def params_hash(cfg: Config) -> str:
 __all__ = [
     "Config", "load_config", "parse_override", "valid_keys", "baseline_key", "pixelcam_key",
     "unet_key", "negev_key",
-    "params_hash", "CHOICES",
+    "params_hash", "parse_seeds", "CHOICES",
 ]

@@ -198,30 +198,75 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding
 def run_reports(profile: str, root: Path, only: list[str] | None = None,
                 overrides: Mapping[str, Any] | None = None, outputs: Path | None = None,
                 cell_timeout: int = 3600, log: Callable[[str], None] = print,
-                shard_spec: str | None = None) -> int:
+                shard_spec: str | None = None, preflight: bool = False) -> int:
     """Run the notebooks of a profile (or of one shard); return 0 only if all succeeded.
 
     The index lists every notebook of the profile with its last outcome, whichever shard ran it.
+    With `preflight`, every notebook runs on a few images per split for 1 epoch per phase, into
+    `outputs/<profile>-preflight` (pixelcam.preflight).
     """
     everything = discover(root / "notebooks", only)
     if not everything:
         log(f"no notebook matches {only} in {root / 'notebooks'}")
         return 2
     notebooks = shard(everything, *parse_shard(shard_spec)) if shard_spec else everything
-    out_dir = ensure_writable((outputs or root / "outputs") / profile)
+    label = profile + ("-preflight" if preflight else "")
+    out_dir = ensure_writable((outputs or root / "outputs") / label)
+    overrides = dict(overrides or {})
+    params_files = {nb.stem: root / "params" / profile / f"{nb.stem}.yaml" for nb in notebooks}
+    _check_weights(params_files, overrides, profile)
+    if preflight:
+        overrides.update(_preflight_overrides(params_files, overrides, root, label, log))
     if shard_spec:
         log(f"shard {shard_spec}: {', '.join(nb.stem for nb in notebooks) or 'no notebook'}")
+    t0 = time.perf_counter()
     results = []
     for nb in notebooks:
-        params_file = root / "params" / profile / f"{nb.stem}.yaml"
-        results.append(run_notebook(nb, params_file, out_dir, profile, cwd=root,
+        results.append(run_notebook(nb, params_files[nb.stem], out_dir, profile, cwd=root,
                                     overrides=overrides, cell_timeout=cell_timeout, log=log))
         log(f"[{nb.stem}] {results[-1].status} in {results[-1].seconds:.0f} s")
     index = write_index(out_dir, read_statuses(out_dir, [nb.stem for nb in everything]),
-                        profile)
+                        label)
     failed = [r for r in results if r.status != "ok"]
     log(f"report: {index}")
     if failed:
         log(f"{len(failed)} of {len(results)} notebooks failed: "
             + ", ".join(f"{r.name} ({r.error})" for r in failed))
+    if preflight:
+        verdict = (f"{len(failed)} failed: fix them before the full run" if failed
+                   else f"the {profile} profile runs end to end on this data")
+        log(f"preflight: {len(results) - len(failed)}/{len(results)} notebooks ok in "
+            f"{(time.perf_counter() - t0) / 60:.1f} min; {verdict}")
     return 1 if failed else 0
+
+
+def _check_weights(params_files: Mapping[str, Path], overrides: Mapping[str, Any],
+                   profile: str) -> None:
+    """Stop before any kernel starts when a pretrained weight the notebooks need is not cached.
+
+    A params file that does not load is skipped here: its notebook reports it as bad params.
+    """
+    from pixelcam.weights import NO_DATA, check_profile_weights
+
+    configs = []
+    for path in params_files.values():
+        try:
+            configs.append(load_config(path, {**overrides, **NO_DATA}))
+        except (ConfigError, yaml.YAMLError):
+            continue
+    check_profile_weights(configs, profile)
+
+
+def _preflight_overrides(params_files: Mapping[str, Path], overrides: Mapping[str, Any],
+                         root: Path, label: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """Subset folds and 1-epoch settings, in `<root>/.cache/<profile>-preflight` (emptied first)."""
+    from pixelcam import preflight
+
+    work = root / ".cache" / label
+    try:
+        extra = preflight.prepare(params_files, overrides, work)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"params of the preflight are not valid YAML: {exc}") from None
+    log(f"preflight: {preflight.PER_CLASS} images per class and split, 1 epoch per phase, "
+        f"fresh runs in {work}")
+    return extra

@@ -9,6 +9,17 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
+from synthetic_wsi import (  # tests/ is on sys.path (rootdir-relative test modules)
+    HOLE,
+    LESION,
+    SIZE,
+    SLIVER,
+    TISSUE_X,
+    TISSUE_Y,
+    rect,
+    write_download,
+    write_xml,
+)
 
 from pixelcam.data import camelyon
 from pixelcam.data.camelyon import (
@@ -26,18 +37,10 @@ from pixelcam.data.folds import Record, read_split, write_split
 from pixelcam.data.glas import read_folds, split_counts
 from pixelcam.errors import DataError
 
-FOLDS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "wsol-folds"
-SIZE = 2048
-TISSUE_X, TISSUE_Y = 1568, 1792  # tissue where x < 1568 and y < 1792, background elsewhere
-LESION = (512, 512, 1280, 1536)  # x0, y0, x1, y1 of the "_0" lesion
-SLIVER = (0, 0, 64, 512)  # a "Tumor" polygon covering 12.5% of cell (0, 0): below 20%
-HOLE = (600, 600, 700, 700)  # "_2" exclusion inside the lesion
+# the published CAMELYON512 fold-0 files the tests read (valpx, and the first 200 ids of valcl
+# and test); see tests/data/README.md
+FOLDS = Path(__file__).resolve().parent / "data" / "wsol-folds"
 SPLITS = ("train", "valcl", "valpx", "test")
-
-
-def _rect(box):
-    x0, y0, x1, y1 = box
-    return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
 
 
 def _expected_mask(x, y, w, h):
@@ -48,66 +51,10 @@ def _expected_mask(x, y, w, h):
     return full[y : y + h, x : x + w]
 
 
-def _slide_array(seed: int, tumour: bool) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    img = np.full((SIZE, SIZE, 3), 238, dtype=np.int16)
-    img[:TISSUE_Y, :TISSUE_X] = (215, 130, 185)
-    if tumour:
-        x0, y0, x1, y1 = LESION
-        img[y0:y1, x0:x1] = (130, 60, 160)
-    img += rng.integers(-4, 5, img.shape, dtype=np.int16)
-    return img.clip(0, 255).astype(np.uint8)
-
-
-def _write_slide(path: Path, arr: np.ndarray) -> None:
-    """A tiled pyramidal TIFF (3 levels, 256 tiles, deflate): openslide's generic-tiff driver."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tifffile.TiffWriter(path) as tif:
-        for k in range(3):
-            level = np.ascontiguousarray(arr[:: 2**k, :: 2**k])
-            tif.write(level, tile=(256, 256), compression="zlib", photometric="rgb",
-                      subfiletype=0 if k == 0 else 1)
-
-
-def _write_xml(path: Path, polygons) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    items = []
-    for i, (group, pts) in enumerate(polygons):
-        coords = "".join(
-            f'<Coordinate Order="{k}" X="{x}" Y="{y}" />' for k, (x, y) in enumerate(pts)
-        )
-        items.append(
-            f'<Annotation Name="Annotation {i}" Type="Polygon" PartOfGroup="{group}" '
-            f'Color="#F4FA58"><Coordinates>{coords}</Coordinates></Annotation>'
-        )
-    path.write_text(
-        '<?xml version="1.0"?><ASAP_Annotations><Annotations>' + "".join(items)
-        + '</Annotations><AnnotationGroups><Group Name="_0" PartOfGroup="None" Color="#00ff00">'
-        "<Attributes /></Group></AnnotationGroups></ASAP_Annotations>"
-    )
-
-
-POLYGONS = [("_0", _rect(LESION)), ("Tumor", _rect(SLIVER)), ("_2", _rect(HOLE))]
-SLIDES = {  # relative path: (seed, tumour)
-    "training/tumor/tumor_001.tif": (1, True),
-    "training/normal/normal_001.tif": (2, False),
-    "testing/images/test_001.tif": (3, True),
-    "testing/images/test_002.tif": (4, False),
-}
-
-
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     src = tmp_path_factory.mktemp("camelyon") / "CAMELYON16"
-    arrays = {}
-    for rel, (seed, tumour) in SLIDES.items():
-        arr = _slide_array(seed, tumour)
-        _write_slide(src / rel, arr)
-        arrays[Path(rel).name] = arr
-        if tumour:
-            group = rel.split("/")[0]
-            _write_xml(src / group / "lesion_annotations" / f"{Path(rel).stem}.xml", POLYGONS)
-    return src, arrays
+    return src, write_download(src)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +86,7 @@ def test_tifffile_pyramid_opens_in_openslide(source):
 
 
 def test_polygon_mask_uses_pixel_centres_and_even_odd():
-    square = np.array(_rect((3, 2, 9, 7)), dtype=float)
+    square = np.array(rect((3, 2, 9, 7)), dtype=float)
     m = polygon_mask([square], 1, 1, 12, 10)  # window origin (1, 1)
     expected = np.zeros((10, 12), dtype=bool)
     expected[1:6, 2:8] = True
@@ -154,7 +101,7 @@ def test_polygon_mask_uses_pixel_centres_and_even_odd():
     m = polygon_mask([star], 0, 0, 100, 100)
     assert not m[50, 50] and m[15, 50] and m[50:, :].sum() > 0
     # A polygon away from the window adds nothing; the union of two is their OR.
-    far = np.array(_rect((100, 100, 120, 130)), dtype=float)
+    far = np.array(rect((100, 100, 120, 130)), dtype=float)
     assert not polygon_mask([far], 0, 0, 20, 20).any()
     two = polygon_mask([square, tri], 0, 0, 20, 20)
     assert np.array_equal(two, polygon_mask([square], 0, 0, 20, 20) | (xx >= yy))
@@ -366,7 +313,7 @@ def _nothing_left(tmp_path: Path, name: str) -> None:
 def test_xml_without_polygons(source, tmp_path):
     src = _copy_source(source, tmp_path)
     xml = src / "training/lesion_annotations/tumor_001.xml"
-    _write_xml(xml, [("_0", [(10, 10), (20, 20)])])  # two points: no area
+    write_xml(xml, [("_0", [(10, 10), (20, 20)])])  # two points: no area
     with pytest.raises(DataError, match=r"tumor_001\.xml holds no lesion polygon"):
         prepare_camelyon16(src, tmp_path / "out")
     _nothing_left(tmp_path, "out")
@@ -375,7 +322,7 @@ def test_xml_without_polygons(source, tmp_path):
 def test_xml_outside_the_slide(source, tmp_path):
     src = _copy_source(source, tmp_path)
     xml = src / "testing/lesion_annotations/test_001.xml"
-    _write_xml(xml, [("_0", [(10, 10), (5000, 20), (30, 40)])])
+    write_xml(xml, [("_0", [(10, 10), (5000, 20), (30, 40)])])
     with pytest.raises(DataError, match=r"test_001\.xml.*vertex \(5000, 20\) outside the "
                                         r"2048x2048 slide"):
         prepare_camelyon16(src, tmp_path / "out")
@@ -384,16 +331,16 @@ def test_xml_outside_the_slide(source, tmp_path):
 
 def test_unknown_group_and_broken_xml(tmp_path):
     path = tmp_path / "a.xml"
-    _write_xml(path, [("Benign", _rect((0, 0, 5, 5)))])
+    write_xml(path, [("Benign", rect((0, 0, 5, 5)))])
     with pytest.raises(DataError, match=r"group 'Benign'"):
         read_asap_xml(path)
     path.write_text("<ASAP_Annotations><Annotations>")
     with pytest.raises(DataError, match=r"cannot parse annotation .*a\.xml"):
         read_asap_xml(path)
-    _write_xml(path, [("_0", [(0, 0), ("x", 1), (2, 2)])])
+    write_xml(path, [("_0", [(0, 0), ("x", 1), (2, 2)])])
     with pytest.raises(DataError, match=r"non-numeric"):
         read_asap_xml(path)
-    _write_xml(path, [("_1", [("1,5", 0), (9, 0), (9, 9)])])  # a decimal comma is accepted
+    write_xml(path, [("_1", [("1,5", 0), (9, 0), (9, 9)])])  # a decimal comma is accepted
     ann = read_asap_xml(path)
     assert isinstance(ann, Annotation) and ann.tumor[0][0, 0] == 1.5
 

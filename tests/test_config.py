@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from pixelcam.config import (
@@ -156,3 +158,94 @@ def test_a_dataset_block_does_not_resize_sat():
     assert (cam.image_size, cam.resize_size, cam.epochs) == (224, 256, 3)
     cnn = cfg.replace(method="layercam").for_dataset("camelyon16")
     assert (cnn.image_size, cnn.resize_size) == (96, 112)
+
+
+PAPER_PARAMS = sorted((Path(__file__).resolve().parents[1] / "params" / "paper").glob("*.yaml"))
+
+
+@pytest.fixture
+def no_root_env(monkeypatch):
+    monkeypatch.delenv("PIXELCAM_GLAS_ROOT", raising=False)
+    monkeypatch.delenv("PIXELCAM_CAMELYON16_ROOT", raising=False)
+    return monkeypatch
+
+
+def _roots(cfg):
+    return {name: cfg.for_dataset(name).data_root for name in cfg.dataset_names}
+
+
+@pytest.mark.parametrize("path", PAPER_PARAMS, ids=lambda p: p.stem)
+def test_paper_data_roots_from_the_environment(path, no_root_env, tmp_path):
+    no_root_env.setenv("PIXELCAM_GLAS_ROOT", str(tmp_path / "glas"))
+    no_root_env.setenv("PIXELCAM_CAMELYON16_ROOT", str(tmp_path / "c16"))
+    cfg = load_config(path)
+    assert cfg.data_root == str(tmp_path / "glas")
+    assert _roots(cfg) == {"glas": str(tmp_path / "glas"), "camelyon16": str(tmp_path / "c16")}
+
+
+@pytest.mark.parametrize("path", PAPER_PARAMS, ids=lambda p: p.stem)
+def test_paper_data_roots_from_dataset_overrides(path, no_root_env):
+    cfg = load_config(path, {"glas.data_root": "/d/glas", "camelyon16.data_root": "/d/c16"})
+    assert cfg.data_root == "/d/glas"
+    assert _roots(cfg) == {"glas": "/d/glas", "camelyon16": "/d/c16"}
+    # one dataset from the command line, the other from its environment variable
+    no_root_env.setenv("PIXELCAM_CAMELYON16_ROOT", "/env/c16")
+    cfg = load_config(path, {"glas.data_root": "/d/glas"})
+    assert _roots(cfg) == {"glas": "/d/glas", "camelyon16": "/env/c16"}
+    # a Config rebuilt with other values keeps each dataset's own root
+    assert _roots(cfg.replace(seed=3)) == {"glas": "/d/glas", "camelyon16": "/env/c16"}
+
+
+@pytest.mark.parametrize("path", PAPER_PARAMS, ids=lambda p: p.stem)
+def test_paper_data_root_top_level_override(path, no_root_env):
+    # -p data_root=<folder> is the root of every dataset that has no root of its own
+    cfg = load_config(path, {"data_root": "/d/glas", "datasets": "glas"})
+    assert cfg.data_root == "/d/glas" and _roots(cfg) == {"glas": "/d/glas"}
+    cfg = load_config(path, {"data_root": "/d/glas", "camelyon16.data_root": "/d/c16"})
+    assert _roots(cfg) == {"glas": "/d/glas", "camelyon16": "/d/c16"}
+
+
+@pytest.mark.parametrize("path", PAPER_PARAMS, ids=lambda p: p.stem)
+def test_paper_data_roots_missing_name_the_dataset_and_the_fix(path, no_root_env):
+    with pytest.raises(ConfigError, match=r"no data for glas: .*PIXELCAM_GLAS_ROOT.*"
+                                          r"-p glas.data_root=<folder>"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"no data for camelyon16: .*PIXELCAM_CAMELYON16_ROOT"):
+        load_config(path, {"glas.data_root": "/d/glas"})
+
+
+def test_an_environment_root_is_never_inherited_by_the_other_dataset(no_root_env):
+    no_root_env.setenv("PIXELCAM_GLAS_ROOT", "/env/glas")
+    cfg = load_config(None, {"data_root": ""})  # a GlaS-only run: CAMELYON16 is not needed
+    assert cfg.data_root == "/env/glas"
+    with pytest.raises(ConfigError, match="no data for camelyon16"):
+        cfg.for_dataset("camelyon16")
+    with pytest.raises(ConfigError, match="no data for camelyon16"):
+        cfg.replace(seed=1).for_dataset("camelyon16")
+
+
+def test_seeds_parse_and_default_to_seed(tmp_path):
+    assert load_config(None, {}).seed_list == [0]  # "" = just `seed`: today's single run
+    assert load_config(None, {"seed": 4}).seed_list == [4]
+    path = tmp_path / "p.yaml"
+    path.write_text("seeds: 0,1,2\n")  # YAML reads this as the string "0,1,2"
+    assert load_config(path).seed_list == [0, 1, 2]
+    assert load_config(None, {"seeds": " 2, 0 ,"}).seed_list == [2, 0]  # order kept
+    assert load_config(None, {"seeds": 3}).seed_list == [3]  # `-p seeds=3` gives an int
+    assert load_config(None, {"seeds": parse_override("seeds=0,1")[1]}).seed_list == [0, 1]
+
+
+@pytest.mark.parametrize("value", ["0,0", "-1", "0,a", "1.5", "0;1", "0,1,1"])
+def test_bad_seeds_name_the_value_and_the_fix(value):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {"seeds": value})
+    msg = str(err.value)
+    assert f"seeds={value!r}" in msg and "seeds: 0,1,2" in msg and "\n" not in msg
+
+
+def test_seeds_are_not_hashed_each_seed_is():
+    cfg = load_config(None, {"epochs": 3})
+    many = cfg.replace(seeds="0,1,2")
+    for key in (baseline_key, pixelcam_key):
+        assert key(many) == key(cfg)  # the seed-0 run of a multi-seed profile is today's run
+        assert key(many.replace(seed=1)) == key(cfg.replace(seed=1)) != key(cfg)

@@ -102,3 +102,21 @@ def test_shards_build_one_index_together(project):
     assert "01_good.html" in index and "synthetic failure for the test" in index
     assert '<a href="01_good/results.json">results.json</a>' in index
     assert '<a href="01_good.ipynb">notebook</a>' in index
+
+
+def test_missing_weights_stop_the_paper_profile_before_any_kernel(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    from pixelcam.cli import main
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))  # offline, nothing cached
+    monkeypatch.delenv("PIXELCAM_GLAS_ROOT", raising=False)
+    root = Path(__file__).resolve().parents[1]
+    code = main(["reports", "--profile", "paper", "--only", "01", "--root", str(root),
+                 "--outputs", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1
+    assert "resnet50.tv_in1k" in err and "deit_tiny_patch16_224.fb_in1k" in err
+    assert "pixelcam weights fetch --profile paper" in err
+    assert not list((tmp_path / "out").rglob("*.ipynb"))  # no kernel started
