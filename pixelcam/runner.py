@@ -267,6 +267,7 @@ def _preflight_overrides(params_files: Mapping[str, Path], overrides: Mapping[st
         extra = preflight.prepare(params_files, overrides, work)
     except yaml.YAMLError as exc:
         raise ConfigError(f"params of the preflight are not valid YAML: {exc}") from None
-    log(f"preflight: {preflight.PER_CLASS} images per class and split, 1 epoch per phase, "
+    n = preflight.PER_CLASS
+    log(f"preflight: {n} image{'s' if n > 1 else ''} per class and split, 1 epoch per phase, "
         f"fresh runs in {work}")
     return extra
