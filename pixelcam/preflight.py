@@ -49,22 +49,25 @@ TSNE_PIXELS = 100  # pixels per image in notebook 12's t-SNE panels
 def _first_per_class(records: list[Record], per_class: int,
                      prefer: list[Record] = ()) -> list[Record]:
     """The first `per_class` records of each label, taking `prefer` (valpx inside valcl) first."""
-    ids = {r.image_id for r in records}
-    ordered = [r for r in prefer if r.image_id in ids]
-    ordered += [r for r in records if r not in ordered]
+    position = {r.image_id: i for i, r in enumerate(records)}
+    preferred = {r.image_id for r in prefer if r.image_id in position}
+    # a stable sort puts the preferred records first; linear in the split (CAMELYON: thousands)
+    ordered = sorted(records, key=lambda r: r.image_id not in preferred)
     kept: dict[int, int] = {}
     out = []
     for r in ordered:
         if kept.get(r.label, 0) < per_class:
             kept[r.label] = kept.get(r.label, 0) + 1
             out.append(r)
-    return sorted(out, key=records.index)  # keep the fold's own order
+    return sorted(out, key=lambda r: position[r.image_id])  # keep the fold's own order
 
 
-def subset_fold(fold_dir: Path, out_dir: Path, per_class: int = PER_CLASS) -> Path:
+def subset_fold(fold_dir: Path, out_dir: Path,
+                per_class: int = PER_CLASS) -> tuple[Path, dict[str, list[Record]]]:
     """Write `out_dir/fold-0`: every split of `fold_dir` cut to `per_class` images per class.
 
-    valpx stays a subset of valcl, as in the protocol. Returns the new fold directory.
+    valpx stays a subset of valcl, as in the protocol. Returns the new fold directory and the
+    records written per split.
     """
     encoding = find_encoding(fold_dir)
     splits = {s: read_split(fold_dir, s, encoding) for s in SPLITS}
@@ -79,7 +82,7 @@ def subset_fold(fold_dir: Path, out_dir: Path, per_class: int = PER_CLASS) -> Pa
     write_text(out_dir / ENCODING_FILE, yaml.safe_dump(encoding, sort_keys=True))
     for split, records in cut.items():
         write_split(target, split, records)
-    return target
+    return target, cut
 
 
 def overrides(profile_cfgs: Mapping[str, Config], overrides_in: Mapping[str, Any],
@@ -99,8 +102,8 @@ def overrides(profile_cfgs: Mapping[str, Config], overrides_in: Mapping[str, Any
     levels = max(cfg.stain_levels for cfg in profile_cfgs.values())
     for name, cfg in covered.items():
         root, fold = data_paths(cfg)
-        subset = subset_fold(fold, work_dir / "folds" / name, per_class)
-        levels = min(levels, len(read_split(subset, "train")))
+        subset, records = subset_fold(fold, work_dir / "folds" / name, per_class)
+        levels = min(levels, len(records["train"]))
         extra[f"{name}.data_root"] = str(root.resolve())
         extra[f"{name}.fold_dir"] = str(subset)
         for key in ("epochs", "pixelcam_epochs"):  # a block's epochs (camelyon16: 20) too

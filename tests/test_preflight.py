@@ -26,8 +26,10 @@ def roots(tmp_path_factory):
 
 def test_subset_fold_keeps_the_first_images_of_each_class(roots, tmp_path):
     fold = roots["glas"] / "folds" / "fold-0"
-    new = preflight.subset_fold(fold, tmp_path / "sub", per_class=2)
+    new, written = preflight.subset_fold(fold, tmp_path / "sub", per_class=2)
     assert new == tmp_path / "sub" / "fold-0"
+    assert {s: [r.image_id for r in rs] for s, rs in written.items()} == {
+        s: [r.image_id for r in read_split(new, s)] for s in SPLITS}
     for split in SPLITS:
         full = read_split(fold, split)
         cut = read_split(new, split)
