@@ -65,7 +65,10 @@ def notebook(name: str, title: str, intro: str, body: list[nbformat.NotebookNode
 
 QUICK_NOTE = """The **quick** profile runs on the embedded synthetic look-alikes of GlaS and CAMELYON16 on a
 CPU: its numbers are not comparable to the paper's; they show that each experiment runs end to
-end. The **paper** profile runs the same cells on the real data with the paper's settings."""
+end. The **paper** profile runs the same cells on the real data with the paper's settings. The
+**real-cpu** profile runs notebooks 01 and 05–08 on the real GlaS on a CPU in under an hour
+(EfficientNet-Lite0 with packaged ImageNet weights, seeds 0, 1, 2; README, "See the claim on real
+data without a GPU")."""
 
 _VARIANTS_CELL = '''# (label suffix, params changes) of each PixelCAM variant
 settings = VARIANTS
@@ -178,6 +181,19 @@ for name, rows in runs.items():
         code('''for name, rows in runs.items():
     display(Markdown(f"### {DATASET_NAMES[name]}"))
     display(map_grid([r for r in rows if r.kind in ("baseline", "pixelcam")], cfg.for_dataset(name)))'''),
+        md("""## Where the seeds land: pseudo-labels drawn from each baseline's CAMs
+
+PixelCAM learns only what its seeds teach. Each baseline's stored train CAMs (`cam_checkpoint`)
+go through the configured seeder as the trainer draws them (`n_fg` FG and `n_bg` BG pixels per
+image); where the train split has masks (GlaS does; they are never used for training) the table
+counts the FG seeds that fall on glands and the BG seeds that fall off them. *object pixels %*
+is the chance level of an FG seed. The figure shows the seeds on a few train images (FG red
+circles, BG cyan squares, mask outline white) over the CAM they were drawn from."""),
+        code('''for name, rows in runs.items():
+    dcfg = cfg.for_dataset(name)
+    baselines = {method_label(r): r for r in rows if r.kind == "baseline"}
+    display(Markdown(f"### {DATASET_NAMES[name]}"), seed_precision_table(baselines, dcfg),
+            seed_grid(baselines, dcfg))'''),
         md("## Model selection: validation curves of both phases (B-LOC and B-CL)"),
         code('''for name, rows in runs.items():
     display(Markdown(f"### {DATASET_NAMES[name]}"))
@@ -195,7 +211,8 @@ for name, rows in seeded_runs.items():
     named_runs.update(ex.seed_named_runs(rows, name))'''),
     ],
     ", main_table, rates_table, map_grid, history_plot, method_label\n"
-    "from pixelcam.figures import separability_hist",
+    "from pixelcam.figures import separability_hist\n"
+    "from pixelcam.seed_quality import seed_grid, seed_precision_table",
 )
 
 NOTEBOOKS["02_ood"] = (

@@ -43,12 +43,16 @@ class Config:
     synthetic_seed: int = 0
     image_size: int = 224  # crop size (train) and evaluation size
     resize_size: int = 256  # train images are resized to this square before the random crop
+    train_crop: int = 0  # side of the random train crop; 0 = image_size (the protocol)
     color_jitter: bool = True
 
     # --- model ----------------------------------------------------------------------------
     backbone: str = "resnet50"
     pretrained: str = "false"  # false | timm | <path to a local weight file>
     output_stride: int = 8
+    # which of timm's feature stages is F for EfficientNet/MobileNet backbones: -1 = the last
+    # (EfficientNets: the activated head conv), 3 = EfficientNet-Lite0's blocks.4 (112 channels)
+    feature_stage: int = -1
     num_classes: int = 2
     spatial_dropout: float = 0.1
     support_background: bool = True
@@ -76,6 +80,10 @@ class Config:
 
     # --- PixelCAM phase -------------------------------------------------------------------
     pixelcam_epochs: int = 0  # 0 = same as epochs
+    # base lr of the PixelCAM phase (its last stage and heads at x head_lr_ratio); 0 = lr, as
+    # the official code. The pixel head starts random on a trained encoder: a lower lr keeps the
+    # encoder's features and the B-LOC curve steady (real-cpu profile)
+    pixelcam_lr: float = 0.0
     pixel_head: str = "linear"  # linear | multi_layer
     seeder: str = "pb"  # pb (probability-based) | th (Otsu threshold)
     n_fg: int = 5
@@ -162,6 +170,11 @@ class Config:
         return [m.strip() for m in self.table_methods.split(",") if m.strip()]
 
     @property
+    def phase_lr(self) -> float:
+        """The PixelCAM phase's base lr: `pixelcam_lr`, or `lr` when it is 0."""
+        return self.pixelcam_lr or self.lr
+
+    @property
     def total_pixelcam_epochs(self) -> int:
         return self.pixelcam_epochs or self.epochs
 
@@ -196,10 +209,11 @@ RUNTIME_KEYS = frozenset(
 )
 # Keys that only the PixelCAM phase reads: a baseline is shared by every value of these.
 PIXELCAM_KEYS = frozenset(
-    {"pixelcam_epochs", "pixel_head", "seeder", "n_fg", "n_bg", "min_p", "th_min_p", "bg_mode",
-     "lam", "cam_checkpoint", "init_checkpoint", "low_res", "pixel_loss_rows", "cam_source"}
+    {"pixelcam_epochs", "pixelcam_lr", "pixel_head", "seeder", "n_fg", "n_bg", "min_p",
+     "th_min_p", "bg_mode", "lam", "cam_checkpoint", "init_checkpoint", "low_res",
+     "pixel_loss_rows", "cam_source"}
 )
-HASH_VERSION = 3  # bump when training code changes what a config produces
+HASH_VERSION = 4  # bump when training code changes what a config produces
 
 
 # (low, high, low inclusive, high inclusive) for every bounded number; None = unbounded
@@ -215,7 +229,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "weight_decay": (0.0, None, True, True), "gamma": (0.0, 1.0, False, True),
     "lr_floor": (0.0, None, True, True), "spatial_dropout": (0.0, 1.0, True, False),
     "min_p": (0.0, 1.0, False, True), "th_min_p": (0.0, 1.0, False, True),
-    "lam": (0.0, None, True, True),
+    "lam": (0.0, None, True, True), "pixelcam_lr": (0.0, None, True, True),
+    "train_crop": (0, None, True, True),
     "synthetic_n_train": (2, None, True, True), "synthetic_n_valcl": (2, None, True, True),
     "synthetic_n_test": (2, None, True, True),
     "synthetic_n_valpx_per_class": (1, None, True, True),
@@ -463,6 +478,7 @@ def baseline_key(cfg: Config) -> str:
 def pixelcam_key(cfg: Config) -> str:
     d = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS}
     d["pixelcam_epochs"] = cfg.total_pixelcam_epochs
+    d["pixelcam_lr"] = cfg.phase_lr
     if cfg.cam_source:  # external pseudo-labels: the other dataset's baseline is an input too
         d["cam_source_baseline"] = baseline_key(cfg.for_dataset(cfg.cam_source))
     return _digest({"v": HASH_VERSION, "stage": "pixelcam", **d})

@@ -42,6 +42,22 @@ def discover(notebooks_dir: Path, only: list[str] | None = None) -> list[Path]:
     return found
 
 
+def profile_notebooks(root: Path, profile: str, only: list[str] | None = None) -> list[Path]:
+    """The notebooks a profile covers: those with a params file in `params/<profile>/`.
+
+    A profile may cover a subset (real-cpu: the GlaS tables and cheap ablations); a missing
+    profile folder is an error that lists the profiles there are.
+    """
+    folder = root / "params" / profile
+    if not folder.is_dir():
+        there = sorted(p.name for p in (root / "params").iterdir() if p.is_dir()) \
+            if (root / "params").is_dir() else []
+        raise ConfigError(f"profile {profile!r} has no params folder {folder}: use one of "
+                          f"{', '.join(there) or '(none found)'}")
+    return [nb for nb in discover(root / "notebooks", only)
+            if (folder / f"{nb.stem}.yaml").is_file()]
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """`i/N` (1 <= i <= N): this process runs notebooks i, i+N, i+2N, ... of the list."""
     try:
@@ -205,9 +221,10 @@ def run_reports(profile: str, root: Path, only: list[str] | None = None,
     With `preflight`, every notebook runs on a few images per split for 1 epoch per phase, into
     `outputs/<profile>-preflight` (pixelcam.preflight).
     """
-    everything = discover(root / "notebooks", only)
+    everything = profile_notebooks(root, profile, only)
     if not everything:
-        log(f"no notebook matches {only} in {root / 'notebooks'}")
+        log(f"no notebook matches {only} in {root / 'notebooks'} with params in "
+            f"{root / 'params' / profile}")
         return 2
     notebooks = shard(everything, *parse_shard(shard_spec)) if shard_spec else everything
     label = profile + ("-preflight" if preflight else "")

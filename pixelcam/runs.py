@@ -90,7 +90,7 @@ def dataset(cfg: Config, split: str, *, train: bool = False,
     root, fold = data_paths(cfg)
     return WSOLDataset(root, fold, split, train=train, image_size=cfg.image_size,
                        resize_size=cfg.resize_size, cams=cams, color_jitter=cfg.color_jitter,
-                       train_masks=train_masks)
+                       train_masks=train_masks, crop_size=cfg.train_crop)
 
 
 def new_model(cfg: Config, pixel: bool) -> torch.nn.Module:
@@ -102,7 +102,8 @@ def new_model(cfg: Config, pixel: bool) -> torch.nn.Module:
                              pretrained=cfg.pretrained)
         return build_model(
             cfg.backbone, num_classes=cfg.num_classes, pretrained=cfg.pretrained,
-            output_stride=cfg.output_stride, head=BASELINE_HEAD[cfg.method],
+            output_stride=cfg.output_stride, feature_stage=cfg.feature_stage,
+            head=BASELINE_HEAD[cfg.method],
             support_background=cfg.support_background,
             pixel_head=cfg.pixel_head if pixel else None, spatial_dropout=cfg.spatial_dropout,
         )
@@ -308,7 +309,7 @@ def get_pixelcam(cfg: Config, log: Log = print, baseline: Run | None = None) -> 
             raise RuntimeError(f"baseline checkpoint does not match: {missing} {unexpected}")
         log(f"[pixelcam] training on {cfg.cam_checkpoint} CAMs from {cfg.init_checkpoint} weights"
             f"{f' of the {cfg.cam_source} baseline' if cfg.cam_source else ''} into {run_dir}")
-        phase = PhaseSpec("pixelcam", "pixelcam", cfg.total_pixelcam_epochs)
+        phase = PhaseSpec("pixelcam", "pixelcam", cfg.total_pixelcam_epochs, lr=cfg.phase_lr)
         return _train_run("pixelcam", key, run_dir, cfg, phase, model,
                           dataset(cfg, "train", train=True, cams=cams), log,
                           {"baseline_key": base.key})

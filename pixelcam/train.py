@@ -141,12 +141,15 @@ def train_loader(dataset: Dataset, cfg: Config, device: torch.device, seed: int)
                       persistent_workers=workers > 0)
 
 
-def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.SGD:
+def make_optimizer(model: torch.nn.Module, cfg: Config,
+                   lr: float | None = None) -> torch.optim.SGD:
+    """SGD over the model's groups at base lr `lr` (default cfg.lr)."""
+    lr = cfg.lr if lr is None else lr
     if hasattr(model, "param_groups"):
-        groups = model.param_groups(cfg.lr, cfg.head_lr_ratio)
+        groups = model.param_groups(lr, cfg.head_lr_ratio)
     else:  # U-Net, NEGEV: one group of whatever is trainable
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                            weight_decay=cfg.weight_decay)
 
 
@@ -167,6 +170,7 @@ class PhaseSpec:
     name: str  # baseline | pixelcam | unet | negev: also the key of its objective in OBJECTIVES
     map_method: str  # map used for B-LOC on valpx
     epochs: int
+    lr: float | None = None  # base lr; None = cfg.lr (PixelCAM: cfg.pixelcam_lr when set)
 
     @property
     def objective(self) -> str:
@@ -354,7 +358,7 @@ def fit(model: WSOLModel, cfg: Config, phase: PhaseSpec, *, train_ds: Dataset, v
         model.to(memory_format=torch.channels_last)
     if world > 1:  # N ranks of batch_size / N normalise like one batch of batch_size
         model = distributed.sync_batchnorm(model, device)
-    opt = make_optimizer(model, cfg)
+    opt = make_optimizer(model, cfg, phase.lr)
     sched = make_scheduler(opt, cfg)
     loader = train_loader(train_ds, cfg, device, cfg.seed + rank)
     valcl = eval_loader(valcl_ds, cfg.eval_batch_size, cfg.num_workers, device)

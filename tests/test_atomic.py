@@ -40,5 +40,7 @@ def test_unwritable_outputs_fail_before_any_work(tmp_path):
         ensure_writable(blocker / "quick")
     (tmp_path / "notebooks").mkdir()
     (tmp_path / "notebooks" / "01_any.ipynb").write_text("{}")
+    (tmp_path / "params" / "quick").mkdir(parents=True)
+    (tmp_path / "params" / "quick" / "01_any.yaml").write_text("epochs: 1\n")
     with pytest.raises(OutputError, match=str(blocker)):
         run_reports("quick", tmp_path, outputs=blocker, log=lambda s: None)

@@ -189,11 +189,16 @@ def test_packaged_efficientnet_lite0_classifies_chelsea_as_a_cat() -> None:
         top1 = int(_run(full, x).argmax(dim=1))
         assert 281 <= top1 <= 285, (mean, top1)
 
-    # the packaged encoder is the same network up to the last stage (stride 32: no dilation)
+    # the packaged encoder is the same network up to the head conv (stride 32: no dilation)
     enc = create_encoder("efficientnet_lite0", pretrained="package", output_stride=32)
     with torch.no_grad():
-        expected = full.blocks(full.bn1(full.conv_stem(x)))
+        expected = full.forward_features(x)
+        blocks4 = full.blocks[:5](full.bn1(full.conv_stem(x)))
     torch.testing.assert_close(_run(enc, x), expected, rtol=1e-5, atol=1e-5)
+    # and up to blocks.4 with feature_stage=3 (stride 16 there: no dilation either)
+    enc3 = create_encoder("efficientnet_lite0", pretrained="package", output_stride=32,
+                          feature_stage=3)
+    torch.testing.assert_close(_run(enc3, x), blocks4, rtol=1e-5, atol=1e-5)
     # the WSOL stride-8 encoder carries the same weights
     enc8 = create_encoder("efficientnet_lite0", pretrained="package")
     assert enc8.output_stride == 8

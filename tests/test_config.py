@@ -74,6 +74,10 @@ def test_hashes_share_the_baseline_across_pixelcam_settings():
     assert params_hash(a) == params_hash(load_config(None, {"epochs": 3}))
     # pixelcam_epochs 0 means "as epochs": the same run as spelling it out
     assert pixelcam_key(a) == pixelcam_key(a.replace(pixelcam_epochs=3))
+    # the same for pixelcam_lr 0 ("as lr"); another PixelCAM lr keeps the baseline
+    assert pixelcam_key(a) == pixelcam_key(a.replace(pixelcam_lr=a.lr))
+    slow = a.replace(pixelcam_lr=a.lr / 10)
+    assert pixelcam_key(slow) != pixelcam_key(a) and baseline_key(slow) == baseline_key(a)
 
 
 def test_parse_override():

@@ -230,3 +230,15 @@ def test_cam_shapes(synth):
 def test_sizes_must_allow_the_crop(synth):
     with pytest.raises(ConfigError, match="resize_size"):
         _ds(synth, image_size=64, resize_size=32)
+
+
+def test_train_crop_sets_the_train_crop_only(synth):
+    cams = {r.image_id: torch.rand(8, 8) for r in _ds(synth, "train").records}
+    ds = _ds(synth, "train", train=True, crop_size=24, cams=cams, train_masks=True)
+    item = ds[0]
+    assert item["image"].shape == (3, 24, 24)
+    assert item["cam"].shape == item["mask"].shape == (24, 24)
+    # evaluation keeps image_size whatever the train crop
+    assert _ds(synth, "test", crop_size=24)[0]["image"].shape == (3, 32, 32)
+    with pytest.raises(ConfigError, match="train_crop=48"):
+        _ds(synth, "train", train=True, crop_size=48)

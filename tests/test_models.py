@@ -56,13 +56,32 @@ def test_resnet18_output_stride(output_stride: int, size: tuple[int, int]) -> No
     assert enc.output_stride == output_stride and enc.out_channels == 512
 
 
-def test_efficientnet_lite0_builds_and_returns_last_map() -> None:
+def test_efficientnet_f_is_the_activated_head_conv() -> None:
+    # the last block ends in a linear projection (signed); F is the ReLU6 head conv after it
     enc = create_encoder("efficientnet_lite0", output_stride=8).eval()
     with torch.no_grad():
         feats = enc(torch.randn(1, 3, 64, 64))
-    assert enc.out_channels == 320 and enc.output_stride == 8
-    assert feats.shape == (1, 320, 8, 8)
-    assert enc.last_stage_name == "blocks.6"
+    assert enc.out_channels == 1280 and enc.output_stride == 8
+    assert feats.shape == (1, 1280, 8, 8)
+    assert feats.min() >= 0 and feats.max() <= 6
+    assert enc.last_stage_name == ("blocks.6", "conv_head", "bn2")
+    last = {id(p) for p in enc.last_stage.parameters()}
+    expected = {id(p) for m in (enc.net.blocks[6], enc.net.conv_head, enc.net.bn2)
+                for p in m.parameters()}
+    assert last == expected
+
+
+def test_feature_stage_ends_the_encoder_early() -> None:
+    enc = create_encoder("efficientnet_lite0", output_stride=16, feature_stage=3).eval()
+    with torch.no_grad():
+        feats = enc(torch.randn(1, 3, 64, 64))
+    assert enc.out_channels == 112 and enc.output_stride == 16 and feats.shape == (1, 112, 4, 4)
+    assert enc.last_stage_name == "blocks.4"
+    # the truncated wrapper holds no deeper layer
+    assert not any(n.startswith(("blocks.5", "blocks.6", "conv_head")) for n, _ in
+                   enc.net.named_parameters())
+    with pytest.raises(ConfigError, match="feature_stage=3 is not supported for 'resnet18'"):
+        create_encoder("resnet18", feature_stage=3)
 
 
 def test_bad_backbone_and_stride_raise_actionable_errors() -> None:
@@ -206,9 +225,14 @@ def test_param_groups_cover_every_trainable_param_once() -> None:
 def test_param_groups_for_feature_backbone_use_last_stage() -> None:
     model = build_model("efficientnet_lite0")
     fast = {id(p) for p in model.param_groups(0.1)[1]["params"]}
-    last = {id(p) for p in model.encoder.net.blocks[6].parameters()}
+    net = model.encoder.net
+    last = {id(p) for m in (net.blocks[6], net.conv_head, net.bn2) for p in m.parameters()}
     head = {id(p) for p in model.image_head.parameters()}
     assert fast == last | head
+    staged = build_model("mobilenetv3_small_100", feature_stage=2)
+    fast = {id(p) for p in staged.param_groups(0.1)[1]["params"]}
+    assert fast == ({id(p) for p in staged.encoder.last_stage.parameters()}
+                    | {id(p) for p in staged.image_head.parameters()})
 
 
 def test_forward_dropout_only_in_train_and_pixel_head_on_undropped_features() -> None:
@@ -324,3 +348,15 @@ def test_build_model_deepmil_ignores_support_background() -> None:
         build_model("resnet18", head="mil")
     with pytest.raises(ConfigError, match="mid_channels"):
         DeepMIL(8, 2, mid_channels=0)
+
+
+def test_make_optimizer_takes_the_phase_lr() -> None:
+    from pixelcam.config import load_config
+    from pixelcam.train import make_optimizer
+
+    model = build_model("resnet18", pixel_head="linear")
+    cfg = load_config(None, {"lr": 0.01, "head_lr_ratio": 10, "pixelcam_lr": 0.001})
+    assert [g["lr"] for g in make_optimizer(model, cfg).param_groups] == [0.01, 0.1]
+    assert [g["lr"] for g in make_optimizer(model, cfg, cfg.phase_lr).param_groups] == \
+        [0.001, 0.01]
+    assert cfg.replace(pixelcam_lr=0).phase_lr == 0.01

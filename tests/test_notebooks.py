@@ -84,7 +84,7 @@ def test_paper_profile_without_data_stops_before_the_kernel(monkeypatch, tmp_pat
 
 
 # figures per notebook on the smoke profile (both datasets, one method or two)
-FIGURES = {"01_main_tables": 6, "02_ood": 4, "03_stain_shift": 4, "09_complexity": 1,
+FIGURES = {"01_main_tables": 8, "02_ood": 4, "03_stain_shift": 4, "09_complexity": 1,
            "12_feature_tsne": 6}
 
 
@@ -107,7 +107,8 @@ def test_every_notebook_runs_on_the_smoke_profile(tmp_path):
         shown = [o.data for c in executed.cells if c.cell_type == "code"
                  for o in c.outputs if "data" in o]
         images = [d["image/png"] for d in shown if "image/png" in d]
-        assert len(images) == FIGURES.get(name, 0), name  # the paper's figures, each shown once
+        # the paper's figures, each shown once (01 adds the seeds figure of each dataset)
+        assert len(images) == FIGURES.get(name, 0), name
         assert all(image.replace("\n", "")[-80:] in html for image in images)  # embedded
         as_text = [d["text/plain"] for d in shown
                    if d.get("text/plain", "").startswith("<Figure") and "image/png" not in d]
@@ -116,3 +117,27 @@ def test_every_notebook_runs_on_the_smoke_profile(tmp_path):
             images = [o.data["image/png"] for o in cell.get("outputs", [])
                       if "image/png" in o.get("data", {})]
             assert len(images) == len(set(images)), f"{name}: a figure is shown twice"
+
+
+REAL_CPU = sorted((ROOT / "params" / "real-cpu").glob("*.yaml"))
+
+
+def test_real_cpu_profile_is_glas_offline_and_shares_its_models(monkeypatch, tmp_path):
+    from pixelcam.config import baseline_key
+    from pixelcam.weights import profile_weights
+
+    monkeypatch.setenv("PIXELCAM_GLAS_ROOT", str(tmp_path / "glas"))
+    names = [p.stem for p in REAL_CPU]
+    assert "01_main_tables" in names and set(names) <= set(NAMES)
+    keys = set()
+    for path in REAL_CPU:
+        cfg = load_config(path)
+        dcfg = cfg.for_dataset("glas")
+        assert cfg.dataset_names == ["glas"] and dcfg.data_root == str(tmp_path / "glas")
+        assert (dcfg.backbone, dcfg.pretrained, dcfg.device) == ("efficientnet_lite0", "package",
+                                                                 "cpu")
+        assert dcfg.seed_list == [0, 1, 2]
+        keys.add(baseline_key(dcfg.replace(method="layercam")))
+    assert len(keys) == 1  # every notebook reuses the same LayerCAM baseline
+    assert profile_weights("real-cpu", ROOT) == []  # nothing to fetch: the weights are a package
+    assert "sat" not in load_config(ROOT / "params" / "real-cpu" / "01_main_tables.yaml").methods

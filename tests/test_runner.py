@@ -5,7 +5,8 @@ import json
 import nbformat
 import pytest
 
-from pixelcam.runner import discover, run_reports
+from pixelcam.errors import ConfigError
+from pixelcam.runner import discover, profile_notebooks, run_reports
 
 
 def _notebook(path, source):
@@ -120,3 +121,21 @@ def test_missing_weights_stop_the_paper_profile_before_any_kernel(tmp_path, monk
     assert "resnet50.tv_in1k" in err and "deit_tiny_patch16_224.fb_in1k" in err
     assert "pixelcam weights fetch --profile paper" in err
     assert not list((tmp_path / "out").rglob("*.ipynb"))  # no kernel started
+
+
+def test_a_profile_runs_the_notebooks_it_has_params_for(project):
+    # a subset profile (as real-cpu): 03 has no params file there, so it is not part of it
+    (project / "params" / "subset").mkdir()
+    (project / "params" / "subset" / "01_good.yaml").write_text("epochs: 2\n")
+    logs = []
+    assert run_reports("subset", project, log=logs.append) == 0
+    out = project / "outputs" / "subset"
+    assert (out / "01_good.html").exists() and not (out / "02_bad.ipynb").exists()
+    assert "02_bad" not in (out / "index.html").read_text()
+    assert [p.stem for p in profile_notebooks(project, "subset")] == ["01_good"]
+
+
+def test_an_unknown_profile_names_the_ones_there_are(project):
+    with pytest.raises(ConfigError, match=r"profile 'nope' has no params folder .*: use one of "
+                                          r"quick"):
+        run_reports("nope", project)

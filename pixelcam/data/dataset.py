@@ -77,6 +77,7 @@ class WSOLDataset(torch.utils.data.Dataset):
         color_jitter: bool = True,
         encoding: dict[str, int] | None = None,
         train_masks: bool = False,
+        crop_size: int = 0,
     ) -> None:
         self.data_root = Path(data_root)
         if not self.data_root.is_dir():
@@ -95,6 +96,12 @@ class WSOLDataset(torch.utils.data.Dataset):
         self.train_masks = train_masks
         self.image_size = image_size
         self.resize_size = resize_size
+        # the train crop; 0 = image_size (the protocol). A smaller crop shows the classifier a
+        # part of the tissue, so its evidence must lie in that part
+        self.crop_size = crop_size or image_size
+        if not 1 <= self.crop_size <= resize_size:
+            raise ConfigError(f"train_crop={crop_size}: need 1 <= train_crop <= resize_size "
+                              f"({resize_size}), or 0 for image_size")
         self.records: list[Record] = read_split(fold_dir, split, encoding)
         # WSOL training never reads masks, so a train split need not ship them; only the fully
         # supervised upper bound (U-Net) asks for them with train_masks.
@@ -196,7 +203,7 @@ class WSOLDataset(torch.utils.data.Dataset):
     def _train_item(
         self, record: Record, image: Image.Image, label: torch.Tensor, index: int
     ) -> dict:
-        r, s = self.resize_size, self.image_size
+        r, s = self.resize_size, self.crop_size
         img = v2.functional.pil_to_tensor(image.resize((r, r), Image.BILINEAR))
         cam = self._resize_cam(self._cam(record), r) if self.cams is not None else None
         mask = self._read_mask(record, image.size, r) if self.train_masks else None

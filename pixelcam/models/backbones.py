@@ -5,7 +5,10 @@ block of layer3/layer4 get stride 1 *without* dilation, so ResNet-50 at 224 give
 2048 x 28 x 28 (output stride 8). VGG16 and InceptionV3 are the WSOL variants of appendix F
 (wsolevaluation's CAM nets with `large_feature_map`), rebuilt on timm's modules: both give F of
 1024 x 28 x 28 at 224. Other timm CNNs go through timm's own feature-extraction wrapper, which
-reaches the same output stride by dilation.
+reaches the same output stride by dilation. EfficientNets end their last stage in a linear
+bottleneck (a 1x1 projection without activation, so signed features); their F is therefore the
+activated 1x1 head conv that follows it (`conv_head` + `bn2`, 1280 channels with ReLU6 for
+EfficientNet-Lite0), the map their ImageNet classifier pools, as ResNet's F is post-ReLU layer4.
 
 Weights come from timm ("timm": the pinned tag of pixelcam.weights.PRETRAINED_TAGS, read from
 the local Hugging Face cache, never downloaded), a local file, or, for backbones listed in
@@ -79,7 +82,7 @@ class Encoder(nn.Module):
         kind: str,
         out_channels: int,
         stride: int,
-        last_stage: str,
+        last_stage: str | tuple[str, ...],
         new_layers: tuple[str, ...] = (),
         stages: tuple[tuple[str, int], ...] = (),
     ) -> None:
@@ -89,11 +92,12 @@ class Encoder(nn.Module):
         # (module name in `net`, channels) of the 5 stages a U-Net decoder reads, shallow to
         # deep, for the "wsol" nets that have no timm feature_info (NEGEV on VGG16/InceptionV3)
         self.stages = tuple(stages)
-        # "resnet" (forward_features), "features" (timm features_only: list of maps) or
-        # "wsol" (a Sequential that returns F itself)
+        # "resnet" (forward_features: ResNets, EfficientNets), "features" (timm features_only:
+        # a list of maps) or "wsol" (a Sequential that returns F itself)
         self.kind = kind
         self.out_channels = int(out_channels)
         self.output_stride = int(stride)
+        # one module name, or several (EfficientNet: its last block and the head conv)
         self.last_stage_name = last_stage
         self.new_layers = tuple(new_layers)
 
@@ -105,6 +109,8 @@ class Encoder(nn.Module):
     @property
     def last_stage(self) -> nn.Module:
         """The deepest stage, which the optimiser runs at the head learning rate (notes 4.2)."""
+        if isinstance(self.last_stage_name, tuple):
+            return nn.ModuleList(self.net.get_submodule(n) for n in self.last_stage_name)
         return self.net.get_submodule(self.last_stage_name)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -159,12 +165,14 @@ def _build_resnet(name: str, weights: Path | None, output_stride: int) -> Encode
     return Encoder(name, net, "resnet", net.num_features, output_stride, "layer4")
 
 
-def _build_features(name: str, weights: Path | None, output_stride: int) -> Encoder:
+def _build_features(name: str, weights: Path | None, output_stride: int,
+                    feature_stage: int = -1) -> Encoder:
+    """F = the output of timm's feature stage `feature_stage`; timm drops the deeper layers."""
     net = _timm_model(
         name,
         weights,
         features_only=True,
-        out_indices=(-1,),
+        out_indices=(feature_stage,),
         output_stride=output_stride,
     )
     info = net.feature_info
@@ -182,7 +190,35 @@ def _build_features(name: str, weights: Path | None, output_stride: int) -> Enco
             f"backbone {name!r}: cannot find its last stage {module_name!r} in timm's "
             "feature wrapper; use a ResNet or an EfficientNet/MobileNet backbone."
         )
+    _drop_blocks_after(net, module_name)
     return Encoder(name, net, "features", info.channels()[-1], info.reduction()[-1], module_name)
+
+
+def _drop_blocks_after(net: nn.Module, module_name: str) -> None:
+    """timm's EfficientNet/MobileNet feature nets run every block whatever `out_indices` asks;
+    an F from an earlier block needs none after it, so they go (less compute, no idle weights)."""
+    head, _, index = module_name.partition(".")
+    blocks = getattr(net, "blocks", None)
+    if head == "blocks" and index.isdigit() and isinstance(blocks, nn.Sequential):
+        net.blocks = blocks[: int(index) + 1]
+
+
+def _build_efficientnet(name: str, weights: Path | None, output_stride: int,
+                        feature_stage: int = -1) -> Encoder:
+    """F = the activated head conv on top of the last block (see the module docstring).
+
+    The last block and the head conv form the last stage (head learning rate); the U-Net and
+    NEGEV decoders read timm's feature_info stages plus the head conv as the deepest one.
+    With an earlier `feature_stage` the encoder ends at that stage, as `_build_features`.
+    """
+    if feature_stage != -1:
+        return _build_features(name, weights, output_stride, feature_stage)
+    net = _timm_model(name, weights, num_classes=0, global_pool="", output_stride=output_stride)
+    blocks = [(e["module"], int(e["num_chs"])) for e in net.feature_info]
+    last_block = blocks[-1][0]
+    stages = (*blocks, ("bn2", net.num_features))
+    return Encoder(name, net, "resnet", net.num_features, output_stride,
+                   (last_block, "conv_head", "bn2"), stages=stages)
 
 
 def _check_wsol_stride(name: str, output_stride: int) -> None:
@@ -369,8 +405,13 @@ def package_weights(name: str) -> dict[str, Tensor]:
     return mapped
 
 
-def create_encoder(name: str, pretrained: str = "false", output_stride: int = 8) -> nn.Module:
+def create_encoder(name: str, pretrained: str = "false", output_stride: int = 8,
+                   feature_stage: int = -1) -> nn.Module:
     """Build the WSOL encoder, with weights that never need the network.
+
+    `feature_stage` picks F among timm's feature stages of a non-ResNet CNN (0 = the shallowest;
+    -1 = the last, the paper's choice): a shallower F is cheaper and, on histology, often
+    separates tissue types better (README, "See the claim on real data without a GPU").
 
     `pretrained` is "false", "timm" (the ImageNet weights of the backbone's pinned tag,
     pixelcam.weights.PRETRAINED_TAGS, from the local Hugging Face cache: a missing one stops
@@ -399,14 +440,23 @@ def create_encoder(name: str, pretrained: str = "false", output_stride: int = 8)
                 f"pretrained weight file {str(weights_file)!r} does not exist; give "
                 "an existing .pth/.pt/.safetensors path, 'timm' or 'false'."
             )
+    if feature_stage != -1 and (name in _WSOL_BUILDERS
+                                or timm.models.is_model_in_modules(name, ["resnet"])):
+        raise ConfigError(
+            f"feature_stage={feature_stage} is not supported for {name!r}: its F is fixed by the "
+            "WSOL protocol; use feature_stage: -1, or an EfficientNet/MobileNet backbone."
+        )
     if name in _WSOL_BUILDERS:
         builder = _WSOL_BUILDERS[name]
     elif timm.models.is_model_in_modules(name, ["resnet"]):
         builder = _build_resnet
+    elif timm.models.is_model_in_modules(name, ["efficientnet"]):
+        builder = _build_efficientnet
     else:
         builder = _build_features
     try:
-        encoder = builder(name, cached, output_stride)
+        encoder = (builder(name, cached, output_stride) if feature_stage == -1
+                   else builder(name, cached, output_stride, feature_stage))
     except PixelCamError:
         raise
     except Exception as exc:  # timm raises many types (bad checkpoint, unsupported option)

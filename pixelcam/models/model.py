@@ -84,6 +84,7 @@ def build_model(
     num_classes: int = 2,
     pretrained: str = "false",
     output_stride: int = 8,
+    feature_stage: int = -1,
     head: str = "wgap",
     support_background: bool = True,
     pixel_head: str | None = None,
@@ -98,7 +99,8 @@ def build_model(
         raise ConfigError(f"image head {head!r} is unknown; use one of {', '.join(IMAGE_HEADS)}.")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes={num_classes!r} must be a positive integer.")
-    encoder = create_encoder(backbone, pretrained=pretrained, output_stride=output_stride)
+    encoder = create_encoder(backbone, pretrained=pretrained, output_stride=output_stride,
+                             feature_stage=feature_stage)
     d = encoder.out_channels
     image_head: nn.Module
     if head == "deepmil":

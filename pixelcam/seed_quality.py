@@ -1,0 +1,114 @@
+"""Where the pseudo-labels land: seeds drawn from a baseline's stored CAMs, against the GT masks.
+
+PixelCAM can only learn what its seeds teach: FG seeds must fall on the objects (glands) and BG
+seeds off them. The train split's masks are never used for training; here they only measure the
+seeds, the way the trainer draws them (the configured seeder on the CAM at the image size, as an
+un-augmented train image sees it).
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+
+from pixelcam.config import Config
+from pixelcam.runs import Run, dataset, store_cams
+from pixelcam.train import _seeds
+
+__all__ = ["draw_seeds", "seed_precision", "seed_precision_table", "seed_grid"]
+
+
+def draw_seeds(baseline: Run, cfg: Config, split: str = "train",
+               indices: list[int] | None = None) -> list[dict]:
+    """Per image: eval-size image, mask (None without one), CAM and seed target (-1/0/1).
+
+    The CAMs are the baseline's stored `cam_checkpoint` CAMs (the ones PixelCAM trains on);
+    seeds come from cfg's seeder with a generator seeded by cfg.seed, so a rerun draws the same.
+    """
+    cams = store_cams(baseline, cfg, cfg.cam_checkpoint, log=lambda _: None)
+    ds = dataset(cfg, split, cams=cams)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    out = []
+    for i in indices if indices is not None else range(len(ds)):
+        item = ds[i]
+        record = ds.records[i]
+        target = _seeds(cfg, item["cam"][None], gen)[0]
+        out.append({"image": item["image"], "label": int(item["label"]), "cam": item["cam"],
+                    "mask": item["mask"] if record.mask_path else None, "seeds": target,
+                    "image_id": record.image_id})
+    return out
+
+
+def seed_precision(drawn: list[dict]) -> dict[str, float]:
+    """Share of FG seeds on the mask and of BG seeds off it, pooled over images with masks."""
+    fg_hit = fg_all = bg_hit = bg_all = 0
+    for d in drawn:
+        if d["mask"] is None:
+            continue
+        on = d["mask"].bool()
+        fg, bg = d["seeds"] == 1, d["seeds"] == 0
+        fg_hit += int((fg & on).sum())
+        fg_all += int(fg.sum())
+        bg_hit += int((bg & ~on).sum())
+        bg_all += int(bg.sum())
+    nan = float("nan")
+    return {"FG seeds on objects %": 100.0 * fg_hit / fg_all if fg_all else nan,
+            "BG seeds off objects %": 100.0 * bg_hit / bg_all if bg_all else nan,
+            "object pixels %": _mask_share(drawn)}
+
+
+def _mask_share(drawn: list[dict]) -> float:
+    masks = [d["mask"] for d in drawn if d["mask"] is not None]
+    if not masks:
+        return float("nan")
+    return 100.0 * float(sum(int(m.sum()) for m in masks)) / sum(m.numel() for m in masks)
+
+
+def seed_precision_table(baselines: dict[str, Run], cfg: Config) -> pd.DataFrame:
+    """One row per baseline: how often its seeds land where they should on the train split.
+
+    `object pixels %` is the chance level of FG seeds (100 minus it, of BG seeds).
+    """
+    rows = {}
+    for label, run in baselines.items():
+        rows[label] = seed_precision(draw_seeds(run, _with_run_seed(run, cfg)))
+    return pd.DataFrame.from_dict(rows, orient="index").round(1)
+
+
+def _with_run_seed(run: Run, cfg: Config) -> Config:
+    """cfg drawing with the baseline's own seed (cfg's size: SAT's 224 px CAMs are resized)."""
+    return cfg.replace(seed=run.config.seed)
+
+
+def seed_grid(baselines: dict[str, Run], cfg: Config, per_class: int = 2) -> plt.Figure:
+    """Train images with each baseline's CAM and the seeds drawn from it (FG red, BG cyan);
+    the mask outline in white where the split has masks."""
+    from pixelcam.evaluate import to_image
+    from pixelcam.report import pick_images
+
+    labels = [r.label for r in dataset(cfg, "train").records]
+    idx = pick_images(labels, per_class)
+    names = list(baselines)
+    fig, axes = plt.subplots(len(idx), len(names), figsize=(2.4 * len(names), 2.4 * len(idx)),
+                             squeeze=False)
+    for c, name in enumerate(names):
+        run = baselines[name]
+        drawn = draw_seeds(run, _with_run_seed(run, cfg), indices=idx)
+        for r, d in enumerate(drawn):
+            ax = axes[r, c]
+            ax.imshow(to_image(d["image"]))
+            ax.imshow(d["cam"].numpy(), cmap="jet", alpha=0.4, vmin=0, vmax=1)
+            if d["mask"] is not None:
+                ax.contour(d["mask"].numpy(), levels=[0.5], colors="white", linewidths=0.8)
+            for value, colour, marker in ((1, "red", "o"), (0, "cyan", "s")):
+                ys, xs = torch.nonzero(d["seeds"] == value, as_tuple=True)
+                ax.scatter(xs.numpy(), ys.numpy(), s=22, c=colour, marker=marker,
+                           edgecolors="black", linewidths=0.6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)  # shown once, where the caller displays it, not again at the end of the cell
+    return fig
