@@ -14,7 +14,7 @@ import torch
 
 from pixelcam.config import Config
 from pixelcam.runs import Run, dataset, store_cams
-from pixelcam.train import _seeds
+from pixelcam.train import configured_seeds
 
 __all__ = ["draw_seeds", "seed_precision", "seed_precision_table", "seed_grid"]
 
@@ -33,7 +33,7 @@ def draw_seeds(baseline: Run, cfg: Config, split: str = "train",
     for i in indices if indices is not None else range(len(ds)):
         item = ds[i]
         record = ds.records[i]
-        target = _seeds(cfg, item["cam"][None], gen)[0]
+        target = configured_seeds(cfg, item["cam"][None], gen)[0]
         out.append({"image": item["image"], "label": int(item["label"]), "cam": item["cam"],
                     "mask": item["mask"] if record.mask_path else None, "seeds": target,
                     "image_id": record.image_id})

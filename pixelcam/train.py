@@ -194,8 +194,10 @@ class FitResult:
     resumed_from: int | None = None
 
 
-def _seeds(cfg: Config, cams: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """The configured seeder; TH's BG region is `th_min_p` (official sl_min_p), PB's `min_p`."""
+def configured_seeds(cfg: Config, cams: torch.Tensor,
+                     gen: torch.Generator) -> torch.Tensor:
+    """The configured seeder, as the trainer draws (pixelcam.seed_quality measures its draws);
+    TH's BG region is `th_min_p` (official sl_min_p), PB's `min_p`."""
     if cfg.seeder == "th":
         return sample_seeds_th(cams, n_fg=cfg.n_fg, n_bg=cfg.n_bg, min_p=cfg.th_min_p,
                                generator=gen)
@@ -233,7 +235,7 @@ def pixelcam_objective_step(model: WSOLModel, batch: dict[str, torch.Tensor], cf
         cams = F.interpolate(cams[:, None], size=pixel_logits.shape[-2:], mode="bilinear",
                              align_corners=False)[:, 0]
     with torch.no_grad():
-        target = _seeds(cfg, cams, gen)
+        target = configured_seeds(cfg, cams, gen)
     rows = (y == 1) if cfg.pixel_loss_rows == "positive" else None
     return pixelcam_objective(out.logits.float(), y, pixel_logits, target, cfg.lam, rows)
 
@@ -255,7 +257,7 @@ def negev_objective(model: torch.nn.Module, batch: dict[str, torch.Tensor], cfg:
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_amp):
         seg_logits, _ = model(x)
     with torch.no_grad():
-        target = _seeds(cfg, cams, gen)
+        target = configured_seeds(cfg, cams, gen)
     terms = negev_losses(seg_logits.float(), target, denormalize(x), y,
                          negative_samples=cfg.pixel_loss_rows == "positive")
     parts = {f"loss_{k}": v.detach() for k, v in terms.items() if k != "total"}

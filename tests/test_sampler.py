@@ -377,7 +377,7 @@ def test_training_th_seeder_takes_bg_from_the_lowest_40_percent_and_pb_from_20()
     """The official TH reads sl_min_p (0.4 in the official command), PB sl_ng_min_p (0.2): the
     config's defaults th_min_p = 0.4 and min_p = 0.2 reach the seeders the training step calls."""
     from pixelcam.config import Config
-    from pixelcam.train import _seeds
+    from pixelcam.train import configured_seeds
 
     reps, h, w = 2000, 16, 16
     cams = _distinct_cam(reps, h, w, seed=30)
@@ -385,7 +385,7 @@ def test_training_th_seeder_takes_bg_from_the_lowest_40_percent_and_pb_from_20()
     for seeder, fraction in (("th", 0.4), ("pb", 0.2)):
         cfg = Config(seeder=seeder, n_fg=0)  # BG only: no FG/BG conflict removes a seed
         assert (cfg.th_min_p, cfg.min_p) == (0.4, 0.2)
-        t = _seeds(cfg, cams, _gen(31))
+        t = configured_seeds(cfg, cams, _gen(31))
         bg_rank = rank[t == 0]
         assert bg_rank.numel() == reps * cfg.n_bg
         k = int(fraction * h * w)
