@@ -86,19 +86,17 @@ def variants_cell(table: str, variants: str, title: str = "") -> nbformat.Notebo
                 .replace("TITLE", title))
 
 
-_SWEEP_CELL = '''values = VALUES
-variants, TABLE = {}, {}
+_SWEEP_CELL = '''variants, TABLE = {}, {}
 for name in cfg.dataset_names:
     dcfg = cfg.for_dataset(name)
-    variants[name] = ex.variant_runs(dcfg, cfg.method, [VARIANT for v in values])
+    variants[name] = ex.variant_runs(dcfg, cfg.method, VARIANTS)
     TABLE[name] = ex.variant_table(variants[name], dcfg, "TABLE")
     display(Markdown(f"### {DATASET_NAMES[name]}\\n{data_note(dcfg)}"), TABLE[name])'''
 
 
-def sweep_cell(table: str, values: str, variant: str) -> nbformat.NotebookNode:
+def sweep_cell(table: str, variants: str) -> nbformat.NotebookNode:
     """The first cell of notebooks 05, 06: one PixelCAM run per value of a params list."""
-    return code(_SWEEP_CELL.replace("TABLE", table).replace("VALUES", values)
-                .replace("VARIANT", variant))
+    return code(_SWEEP_CELL.replace("TABLE", table).replace("VARIANTS", variants))
 
 
 # last cells of the sweeps (FRAMES: the table's variable, TABLE: its name)
@@ -322,9 +320,7 @@ NOTEBOOKS["04_ablation_depth"] = (
                            "(three 1x1 convolutions, halving the width each time), in "
                            "distribution (Table 12) and out of distribution (Table 13)."),
     [
-        variants_cell("table12", '[("linear", {"pixel_head": "linear"}),\n'
-                      '            ("multi-layer", {"pixel_head": "multi_layer"})]',
-                      "Table 12, "),
+        variants_cell("table12", "ex.DEPTH_VARIANTS", "Table 12, "),
         code("table13 = {}"),
         code('''for name, rows in variants.items():
     target = ex.other_dataset(name)
@@ -348,8 +344,7 @@ NOTEBOOKS["05_ablation_n"] = (
     _ABLATION_INTRO.format(what="n foreground and n background pixels are sampled per image at every "
                            "step (`n_values`), with the CAMs of `method` (GradCAM++ in the paper)."),
     [
-        sweep_cell("table16", "ex.parse_values(cfg.n_values, int)",
-                   '(f"n={v}", {"n_fg": v, "n_bg": v})'),
+        sweep_cell("table16", "ex.n_variants(cfg)"),
         code(_SWEEP_FINISH.replace("FRAMES", "table16").replace("TABLE", "table16")),
     ],
 )
@@ -359,8 +354,7 @@ NOTEBOOKS["06_ablation_lambda"] = (
     _ABLATION_INTRO.format(what="The total loss is image CE + λ · partial pixel CE (`lam_values`), "
                            "with LayerCAM CAMs as pseudo-labels, as in the paper."),
     [
-        sweep_cell("table17", "ex.parse_values(cfg.lam_values, float)",
-                   '(f"lambda={v:g}", {"lam": v})'),
+        sweep_cell("table17", "ex.lam_variants(cfg)"),
         code(_SWEEP_FINISH.replace("FRAMES", "table17").replace("TABLE", "table17")),
     ],
 )
@@ -371,8 +365,7 @@ NOTEBOOKS["07_ablation_model_selection"] = (
                            "valpx PxAP, the default) or of its B-CL checkpoint (best valcl "
                            "accuracy)."),
     [
-        variants_cell("table14", '[("B-LOC CAM", {"cam_checkpoint": "b-loc"}),\n'
-                      '            ("B-CL CAM", {"cam_checkpoint": "b-cl"})]'),
+        variants_cell("table14", "ex.SELECTION_VARIANTS"),
         code(_PAIR_FINISH.replace("FRAMES", "table14").replace("TABLE", "table14")),
     ],
 )
@@ -383,7 +376,7 @@ NOTEBOOKS["08_ablation_sampling"] = (
                            "(eroded) and in its lowest region; PB (default): foreground seeds "
                            "drawn with probability proportional to the CAM."),
     [
-        variants_cell("table15", '[("TH", {"seeder": "th"}), ("PB", {"seeder": "pb"})]'),
+        variants_cell("table15", "ex.SAMPLING_VARIANTS"),
         code(_PAIR_FINISH.replace("FRAMES", "table15").replace("TABLE", "table15")),
     ],
 )

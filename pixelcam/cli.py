@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
 from pixelcam.config import load_config, parse_override
-from pixelcam.errors import PixelCamError
+from pixelcam.errors import PixelCamError, TrainingInterrupted
 
 
 def _overrides(items: list[str]) -> dict:
@@ -16,7 +17,17 @@ def _overrides(items: list[str]) -> dict:
 
 
 def cmd_reports(args: argparse.Namespace) -> int:
-    from pixelcam.runner import run_reports
+    from pixelcam.runner import parse_shard, profile_notebooks, run_reports, shard
+
+    if args.plan:
+        from pixelcam.plan import run_plan
+
+        root = Path(args.root).resolve()
+        notebooks = profile_notebooks(root, args.profile, args.only)
+        if args.shard:
+            notebooks = shard(notebooks, *parse_shard(args.shard))
+        run_plan(args.profile, root, [nb.stem for nb in notebooks], _overrides(args.param))
+        return 0
 
     return run_reports(args.profile, Path(args.root).resolve(), only=args.only,
                        overrides=_overrides(args.param), cell_timeout=args.cell_timeout,
@@ -182,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--shard", metavar="I/N",
                      help="run notebooks I, I+N, I+2N, ... only (1 <= I <= N), e.g. one per GPU "
                           "or SLURM array task; the run cache and its locks are shared")
+    rep.add_argument("--plan", action="store_true",
+                     help="run nothing: list every training the notebooks need (shared runs "
+                          "once), what the cache holds, and the time to train the rest, timed "
+                          "on this device")
     rep.add_argument("--preflight", action="store_true",
                      help="every notebook of the profile on a few images per split, 1 epoch per "
                           "phase, into outputs/<profile>-preflight: minutes that tell whether "
@@ -205,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except TrainingInterrupted as exc:  # a scheduler's SIGTERM: the rerun resumes
+        print(f"pixelcam: {exc}", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except PixelCamError as exc:
         print(f"pixelcam: error: {exc}", file=sys.stderr)
         return 2

@@ -110,6 +110,13 @@ class Config:
     # float tolerance (fused kernels round differently), hence not hashed
     compile: bool = False
     num_workers: int = 0
+    # decoded, resized images of a training's train/valcl/valpx splits kept in memory when they
+    # fit in this many MB (GlaS at 256 px: ~20 MB); 0 = decode every image at every read
+    image_cache_mb: int = 2048
+    # the resume state (state.pt, and the B-LOC/B-CL weights found since the last write) is
+    # written at most once per this many seconds, and always after the last epoch and on SIGTERM;
+    # 0 = after every epoch. A SIGKILL loses at most this much training
+    state_every_s: float = 60.0
     cache_dir: str = ".cache/pixelcam"
     figure_images: int = 4  # images per class in map grids
     # which rows a table trains and shows (comma-separated baselines; NEGEV; the U-Net bound)
@@ -205,7 +212,8 @@ RUNTIME_KEYS = frozenset(
     {"select", "eval_batch_size", "device", "num_workers", "cache_dir", "figure_images",
      "table_methods", "table_negev", "table_unet", "datasets", "glas", "camelyon16",
      "backbones", "n_values", "lam_values", "stain_levels", "stain_levels_file", "ttest_resamples",
-     "tsne_images", "tsne_pixels", "compile", "seeds"}
+     "tsne_images", "tsne_pixels", "compile", "seeds", "image_cache_mb",
+     "state_every_s"}
 )
 # Keys that only the PixelCAM phase reads: a baseline is shared by every value of these.
 PIXELCAM_KEYS = frozenset(
@@ -223,7 +231,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "resize_size": (16, None, True, True), "num_classes": (2, None, True, True),
     "n_fg": (0, None, True, True), "n_bg": (0, None, True, True),
     "pixelcam_epochs": (0, None, True, True), "seed": (0, None, True, True),
-    "num_workers": (0, None, True, True), "figure_images": (1, None, True, True),
+    "num_workers": (0, None, True, True), "image_cache_mb": (0, None, True, True),
+    "state_every_s": (0.0, None, True, True), "figure_images": (1, None, True, True),
     "step_size": (1, None, True, True), "lr": (0.0, None, False, True),
     "head_lr_ratio": (0.0, None, False, True), "momentum": (0.0, 1.0, True, False),
     "weight_decay": (0.0, None, True, True), "gamma": (0.0, 1.0, False, True),
@@ -399,6 +408,25 @@ def _resolve_data_roots(values: dict[str, Any], source: str) -> None:
     values["data_root"] = root
 
 
+def _complete_blocks(values: dict[str, Any]) -> None:
+    """Give each dataset block the top-level value of every key another block overrides.
+
+    `for_dataset` applies one block on top of the flat config it is called on; without this, a
+    config already switched to one dataset would carry that dataset's overrides (CAMELYON16's 20
+    epochs, its `low_res`) to the other: `cfg.for_dataset("camelyon16").for_dataset("glas")`
+    trained a GlaS baseline for 20 epochs (notebook 11's external pseudo-labels). With complete
+    blocks, switching datasets always gives what `for_dataset` on the top-level config gives.
+    `data_root` is left to _resolve_data_roots.
+    """
+    defaults = {f.name: f.default for f in fields(Config)}
+    blocks = {name: dict(values.get(name) or {}) for name in DATASETS}
+    keys = set().union(*blocks.values()) - {"data_root"}
+    for name, block in blocks.items():
+        missing = {k: values.get(k, defaults.get(k)) for k in keys if k not in block}
+        if missing:
+            values[name] = {**block, **missing}
+
+
 def valid_keys() -> list[str]:
     return [f.name for f in fields(Config)]
 
@@ -443,6 +471,7 @@ def load_config(path: str | Path | None = None,
         clean[key] = _coerce(key, value, types_[key], src)
     if clean.get("cam_source") == clean.get("dataset", Config.dataset):
         clean["cam_source"] = ""  # pseudo-labels from the same dataset: one spelling, one hash
+    _complete_blocks(clean)
     _resolve_data_roots(clean, source)
     cfg = Config(**clean)
     if check_datasets:  # every dataset a notebook covers must be usable before it starts

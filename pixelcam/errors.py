@@ -19,3 +19,7 @@ class ModelError(PixelCamError):
 
 class OutputError(PixelCamError):
     """A result cannot be written (disk full, read-only or missing folder); nothing half-written."""
+
+
+class TrainingInterrupted(PixelCamError):
+    """SIGTERM stopped a training after an epoch; its resume state is on disk (exit code 143)."""

@@ -209,6 +209,24 @@ def separability_table(runs: list[Run], data: Config, table: str, prefix: str,
 
 # --- ablations: one baseline, PixelCAM variants --------------------------------------------
 
+# (label suffix, params changes) of the PixelCAM variants of notebooks 04, 07 and 08
+DEPTH_VARIANTS = [("linear", {"pixel_head": "linear"}),
+                  ("multi-layer", {"pixel_head": "multi_layer"})]
+SELECTION_VARIANTS = [("B-LOC CAM", {"cam_checkpoint": "b-loc"}),
+                      ("B-CL CAM", {"cam_checkpoint": "b-cl"})]
+SAMPLING_VARIANTS = [("TH", {"seeder": "th"}), ("PB", {"seeder": "pb"})]
+
+
+def n_variants(cfg: Config) -> list[tuple[str, dict[str, Any]]]:
+    """Notebook 05's sweep: n FG and n BG seeds for each n of `n_values`."""
+    return [(f"n={v}", {"n_fg": v, "n_bg": v}) for v in parse_values(cfg.n_values, int)]
+
+
+def lam_variants(cfg: Config) -> list[tuple[str, dict[str, Any]]]:
+    """Notebook 06's sweep: each pixel-loss weight of `lam_values`."""
+    return [(f"lambda={v:g}", {"lam": v}) for v in parse_values(cfg.lam_values, float)]
+
+
 def variant_runs(cfg: Config, method: str, variants: list[tuple[str, dict[str, Any]]],
                  log: Log = print) -> list[tuple[str, Run]]:
     """The baseline of `method`, then a PixelCAM run per (label, params changes)."""
@@ -245,15 +263,24 @@ def parse_values(text: str, kind: type) -> list[Any]:
 
 # --- Table 18: pseudo-labels from a model trained on the other dataset ---------------------
 
-def external_table(cfg: Config, method: str = "layercam", log: Log = print) -> pd.DataFrame:
-    """Same vs external pseudo-labels for every dataset the notebook covers."""
-    rows = []
+def external_runs(cfg: Config, method: str = "layercam", log: Log = print
+                  ) -> dict[str, tuple[dict[str, Run], Run, Run]]:
+    """Per dataset: its own baseline and PixelCAM, the other dataset's baseline, and PixelCAM
+    trained on that baseline's pseudo-labels."""
+    out = {}
     for name in cfg.dataset_names:
         dcfg = config_for_method(cfg.for_dataset(name), method)
         other = other_dataset(name)
-        same = get_or_train(dcfg, log)
-        external_base = get_baseline(dcfg.for_dataset(other), log)
-        external = get_pixelcam(dcfg.replace(cam_source=other), log)
+        out[name] = (get_or_train(dcfg, log), get_baseline(dcfg.for_dataset(other), log),
+                     get_pixelcam(dcfg.replace(cam_source=other), log))
+    return out
+
+
+def external_table(cfg: Config, method: str = "layercam", log: Log = print) -> pd.DataFrame:
+    """Same vs external pseudo-labels for every dataset the notebook covers."""
+    rows = []
+    for name, (same, external_base, external) in external_runs(cfg, method, log).items():
+        dcfg = config_for_method(cfg.for_dataset(name), method)
         for run, res, source in (
             (same["baseline"], same["baseline"].test(cfg.select), "same"),
             (same["pixelcam"], same["pixelcam"].test(cfg.select), "same"),

@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -212,7 +213,8 @@ def _train_run(kind: str, key: str, run_dir: Path, cfg: Config, phase: PhaseSpec
     results = {
         "kind": kind, "key": key, "map_method": phase.map_method, "config": cfg.to_dict(),
         "best_epoch": fitted.best, "history": fitted.history, "test": test,
-        "durations": {"train_s": fitted.seconds, "eval_s": time.perf_counter() - t_eval},
+        "durations": {"train_s": fitted.seconds, "eval_s": time.perf_counter() - t_eval,
+                      **fitted.time_split()},
         "resumed_from": fitted.resumed_from, **(extra or {}),
         "provenance": provenance(cfg, device, started=started),
     }
@@ -232,13 +234,47 @@ def _load_complete(kind: str, key: str, run_dir: Path, log: Log) -> Run | None:
     return Run(kind, key, run_dir, read_back(path), reused=True)
 
 
-def _cached(kind: str, key: str, cfg: Config, log: Log, train: Callable[[Path], Run]) -> Run:
+@dataclass
+class PlannedRun:
+    """A training that a run would need: what `planning()` records instead of training."""
+
+    kind: str
+    key: str
+    dir: Path
+    config: Config
+    epochs: int
+    cached: bool  # a finished run of this key is in the cache: it would be reused
+
+
+_planned: ContextVar[dict[Path, PlannedRun] | None] = ContextVar("planned", default=None)
+
+
+@contextmanager
+def planning() -> Iterator[dict[Path, PlannedRun]]:
+    """Inside, get_baseline/get_pixelcam/get_negev/get_unet train nothing: each records the run
+    it would train or reuse (once per run directory, in first-use order, so shared runs count
+    once) and returns a placeholder Run that only knows its kind, key and params."""
+    token = _planned.set({})
+    try:
+        yield _planned.get()
+    finally:
+        _planned.reset(token)
+
+
+def _cached(kind: str, key: str, cfg: Config, log: Log, train: Callable[[Path], Run],
+            epochs: int) -> Run:
     """Reuse the finished run `<kind>-<key>`, else train it under a lock (checked twice).
 
     Under torchrun rank 0 looks and every rank follows its answer, so all ranks reuse or all
     train together (each rank checking for itself could split them and hang the collectives).
     """
     run_dir = Path(cfg.cache_dir) / "runs" / f"{kind}-{key}"
+    plan = _planned.get()
+    if plan is not None:
+        done = (run_dir / "results.json").exists()
+        plan.setdefault(run_dir, PlannedRun(kind, key, run_dir, cfg, epochs, done))
+        return Run(kind, key, run_dir, {"kind": kind, "key": key, "config": cfg.to_dict()},
+                   reused=done)
     distributed.init(resolve_device(cfg.device))
     log = distributed.quiet_unless_main(log)
 
@@ -264,7 +300,7 @@ def get_baseline(cfg: Config, log: Log = print) -> Run:
         return _train_run("baseline", key, run_dir, cfg, phase, new_model(cfg, pixel=False),
                           dataset(cfg, "train", train=True), log)
 
-    return _cached("baseline", key, cfg, log, train)
+    return _cached("baseline", key, cfg, log, train, cfg.epochs)
 
 
 def store_cams(baseline: Run, cfg: Config, checkpoint: str, log: Log = print
@@ -314,7 +350,7 @@ def get_pixelcam(cfg: Config, log: Log = print, baseline: Run | None = None) -> 
                           dataset(cfg, "train", train=True, cams=cams), log,
                           {"baseline_key": base.key})
 
-    return _cached("pixelcam", key, cfg, log, train)
+    return _cached("pixelcam", key, cfg, log, train, cfg.total_pixelcam_epochs)
 
 
 def get_unet(cfg: Config, log: Log = print) -> Run:
@@ -327,7 +363,7 @@ def get_unet(cfg: Config, log: Log = print) -> Run:
         return _train_run("unet", key, run_dir, cfg, phase, model_for("unet", cfg),
                           dataset(cfg, "train", train=True, train_masks=True), log)
 
-    return _cached("unet", key, cfg, log, train)
+    return _cached("unet", key, cfg, log, train, cfg.epochs)
 
 
 def get_negev(cfg: Config, log: Log = print, baseline: Run | None = None) -> Run:
@@ -346,7 +382,7 @@ def get_negev(cfg: Config, log: Log = print, baseline: Run | None = None) -> Run
                           dataset(cfg, "train", train=True, cams=cams), log,
                           {"baseline_key": base.key})
 
-    return _cached("negev", key, cfg, log, train)
+    return _cached("negev", key, cfg, log, train, cfg.total_pixelcam_epochs)
 
 
 def get_or_train(cfg: Config, log: Log = print) -> dict[str, Run]:

@@ -2,7 +2,13 @@
 
 Selection follows the official protocol (official-code-notes.md 5.4): every epoch, epoch 0 (before
 any update) included, the valcl accuracy (B-CL) and the valpx PxAP (B-LOC) are measured; ties go to
-the latest epoch. Each epoch ends with an atomic checkpoint of everything needed to resume.
+the latest epoch. The resume state (`state.pt`: weights, optimiser, scheduler, every generator)
+and the B-LOC/B-CL weights found since its last write are written atomically at most once per
+`state_every_s` seconds (default 60), always after the last epoch, and after the epoch in which a
+SIGTERM arrives (then fit raises TrainingInterrupted). A SIGKILL loses at most that interval; the
+rerun resumes from the state on disk and gives the same numbers. The images of the three splits
+are decoded once and kept in memory when they fit in `image_cache_mb`
+(WSOLDataset.preload); augmentations are still drawn per sample.
 
 Under torchrun (pixelcam.distributed) the same fit() trains with DistributedDataParallel: each rank
 gets batch_size / N images of every global batch (FilledBatchSampler, which shuffles like a
@@ -18,6 +24,8 @@ filled by repeating its own images cyclically, as the official code's `_fill_min
 from __future__ import annotations
 
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +41,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from pixelcam import distributed
 from pixelcam.atomic import read_back, save_torch, write_json
 from pixelcam.config import Config
+from pixelcam.data.dataset import preload_within
+from pixelcam.errors import TrainingInterrupted
 from pixelcam.evaluate import accuracy_only, eval_loader, evaluate_split, loader_workers
 from pixelcam.losses import denormalize, negev_losses, pixelcam_objective
 from pixelcam.models.model import WSOLModel
@@ -41,6 +51,7 @@ from pixelcam.models.unet import segmentation_loss
 from pixelcam.sampler import sample_seeds_pb, sample_seeds_th
 
 CHECKPOINTS = ("b-loc", "b-cl")
+_clock = time.monotonic  # the state cadence's clock (a test replaces it)
 
 
 def seed_everything(seed: int) -> None:
@@ -192,6 +203,13 @@ class FitResult:
     best: dict[str, int] = field(default_factory=dict)  # checkpoint name -> epoch
     seconds: float = 0.0
     resumed_from: int | None = None
+    # per epoch run here: seconds waiting for batches, in the steps, validating, writing state
+    timings: list[dict[str, float]] = field(default_factory=list)
+
+    def time_split(self) -> dict[str, float]:
+        """Total seconds per part of an epoch (data, step, validation, state) over this fit."""
+        parts = ("data_s", "step_s", "val_s", "state_s")
+        return {p: sum(t.get(p, 0.0) for t in self.timings) for p in parts}
 
 
 def configured_seeds(cfg: Config, cams: torch.Tensor,
@@ -269,15 +287,22 @@ OBJECTIVES = {"baseline": baseline_objective, "pixelcam": pixelcam_objective_ste
 
 
 def _train_epoch(model: WSOLModel, loader: DataLoader, opt: torch.optim.Optimizer, cfg: Config,
-                 phase: PhaseSpec, device: torch.device, gen: torch.Generator) -> dict[str, float]:
+                 phase: PhaseSpec, device: torch.device, gen: torch.Generator,
+                 clock: dict[str, float] | None = None) -> dict[str, float]:
+    """One pass over the loader; `clock` gets the seconds spent waiting for batches (data_s)
+    and in the steps (step_s; on CUDA the launch time, the wait shows up in the next sync)."""
     model.train()
     use_amp = cfg.amp and device.type == "cuda"
     objective = OBJECTIVES[phase.objective]
     sums: dict[str, torch.Tensor] = {}  # loss terms summed on the device: no host sync per step
     batches = 0
+    data_s = step_s = 0.0
+    tick = time.perf_counter()
     for batch in loader:
         batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
                  for k, v in batch.items()}
+        fetched = time.perf_counter()
+        data_s += fetched - tick
         loss, parts = objective(model, batch, cfg, gen, use_amp)
         for name, value in parts.items():
             sums[name] = sums.get(name, 0) + value
@@ -285,6 +310,10 @@ def _train_epoch(model: WSOLModel, loader: DataLoader, opt: torch.optim.Optimize
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        tick = time.perf_counter()
+        step_s += tick - fetched
+    if clock is not None:
+        clock["data_s"], clock["step_s"] = data_s, step_s
     if distributed.world_size() == 1:
         return {name: float(total) / max(batches, 1) for name, total in sums.items()}
     # every rank runs as many batches (FilledBatchSampler): the mean of the rank means
@@ -337,6 +366,41 @@ def _training_module(model: torch.nn.Module, cfg: Config,
     return net
 
 
+class _SigtermFlag:
+    """While active, SIGTERM only sets `requested`: the loop finishes its epoch, writes the
+    resume state and raises TrainingInterrupted. A SIGTERM the loop did not get to act on is
+    re-raised, with the previous handler, on exit. Outside the main thread (where Python
+    cannot install handlers) it does nothing."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.acted = False
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> _SigtermFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._installed = True
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self._installed:
+            return
+        signal.signal(signal.SIGTERM, self._previous if self._previous is not None
+                      else signal.SIG_DFL)
+        if self.requested and not self.acted:
+            signal.raise_signal(signal.SIGTERM)
+
+
+def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A snapshot that later steps cannot change (the weights of a best epoch, until written)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
 def fit(model: WSOLModel, cfg: Config, phase: PhaseSpec, *, train_ds: Dataset, valcl_ds: Dataset,
         valpx_ds: Dataset, out_dir: Path, device: torch.device,
         log: Callable[[str], None] = print) -> FitResult:
@@ -362,6 +426,8 @@ def fit(model: WSOLModel, cfg: Config, phase: PhaseSpec, *, train_ds: Dataset, v
         model = distributed.sync_batchnorm(model, device)
     opt = make_optimizer(model, cfg, phase.lr)
     sched = make_scheduler(opt, cfg)
+    # decode each image once (before loader workers fork, so they share the pixels)
+    preload_within((valpx_ds, valcl_ds, train_ds), cfg.image_cache_mb)
     loader = train_loader(train_ds, cfg, device, cfg.seed + rank)
     valcl = eval_loader(valcl_ds, cfg.eval_batch_size, cfg.num_workers, device)
     valpx = eval_loader(valpx_ds, cfg.eval_batch_size, cfg.num_workers, device)
@@ -390,38 +456,75 @@ def fit(model: WSOLModel, cfg: Config, phase: PhaseSpec, *, train_ds: Dataset, v
     net = _training_module(model, cfg, device)  # DDP's constructor also syncs the ranks
 
     t0 = time.perf_counter()
+    with _SigtermFlag() as sigterm:
+        _epochs(model, net, cfg, phase, result, best_score, start_epoch, loader, valcl, valpx,
+                opt, sched, gen, device, state_path, ckpt_dir, sigterm, log)
+    result.seconds = time.perf_counter() - t0
+    if main:
+        write_json(out_dir / "history.json", {"history": result.history, "best": result.best})
+    distributed.barrier()  # the checkpoints exist before any rank goes on to read them
+    return result
+
+
+def _epochs(model: WSOLModel, net: torch.nn.Module, cfg: Config, phase: PhaseSpec,
+            result: FitResult, best_score: dict[str, float], start_epoch: int,
+            loader: DataLoader, valcl: DataLoader, valpx: DataLoader, opt: torch.optim.Optimizer,
+            sched: Any, gen: torch.Generator, device: torch.device, state_path: Path,
+            ckpt_dir: Path, sigterm: _SigtermFlag, log: Callable[[str], None]) -> None:
+    """Train and validate epochs start_epoch..phase.epochs; write the state on its cadence."""
+    world, main = distributed.world_size(), distributed.is_main()
+    pending: dict[str, dict[str, torch.Tensor]] = {}  # best weights not on disk yet
+    last_write = _clock()
     for epoch in range(start_epoch, phase.epochs + 1):
+        clock: dict[str, float] = {"epoch": epoch, "data_s": 0.0, "step_s": 0.0}
         row: dict[str, Any] = {"epoch": epoch, "lr": opt.param_groups[0]["lr"]}
         if epoch > 0:
             if isinstance(loader.batch_sampler, FilledBatchSampler):
                 loader.batch_sampler.set_epoch(epoch)  # the torchrun order; unused with a generator
-            row.update(_train_epoch(net, loader, opt, cfg, phase, device, gen))
+            row.update(_train_epoch(net, loader, opt, cfg, phase, device, gen, clock))
             sched.step()
+        tick = time.perf_counter()
         row.update(_validate(model, valcl, valpx, phase, device))
         result.history.append(row)
+        snapshot = None
         for name, key in (("b-loc", "valpx_pxap"), ("b-cl", "valcl_accuracy")):
             score = row["valpx_pxap"] if not phase.classifies else row[key]
             if score >= best_score[name]:  # ties go to the latest epoch
                 best_score[name] = score
                 result.best[name] = epoch
                 if main:
-                    save_torch(model.state_dict(), ckpt_dir / f"{name}.pt")
+                    if snapshot is None:
+                        snapshot = _cpu_copy(model.state_dict())
+                    pending[name] = snapshot
+        clock["val_s"] = time.perf_counter() - tick
         losses = " ".join(f"{k} {v:.3f}" for k, v in row.items() if k.startswith("loss_"))
         log(f"[{phase.name}] epoch {epoch:3d}/{phase.epochs} {losses} "
             f"valcl acc {row['valcl_accuracy']:.1f} valpx PxAP {row['valpx_pxap']:.1f}")
-        rngs = _rng_states(gen, loader)
-        ranks = distributed.gather(rngs) if world > 1 else None
-        if main:
-            state = {
-                "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "history": result.history, "best": result.best,
-                "best_score": best_score, **rngs,
-            }
-            if ranks is not None:
-                state["ranks"] = ranks
-            save_torch(state, state_path)
-    result.seconds = time.perf_counter() - t0
-    if main:
-        write_json(out_dir / "history.json", {"history": result.history, "best": result.best})
-    distributed.barrier()  # the checkpoints exist before any rank goes on to read them
-    return result
+        tick = time.perf_counter()
+        due = epoch == phase.epochs or _clock() - last_write >= cfg.state_every_s
+        stop = sigterm.requested
+        if world > 1:  # rank 0 decides, so that every rank joins the same collectives
+            due, stop = distributed.broadcast((due, stop))
+        if due or stop:
+            rngs = _rng_states(gen, loader)
+            ranks = distributed.gather(rngs) if world > 1 else None
+            if main:
+                for name, weights in pending.items():  # before the state that names their epoch
+                    save_torch(weights, ckpt_dir / f"{name}.pt")
+                state = {
+                    "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "history": result.history,
+                    "best": result.best, "best_score": best_score, **rngs,
+                }
+                if ranks is not None:
+                    state["ranks"] = ranks
+                save_torch(state, state_path)
+            pending.clear()
+            last_write = _clock()
+        clock["state_s"] = time.perf_counter() - tick
+        result.timings.append(clock)
+        if stop:
+            sigterm.acted = True
+            raise TrainingInterrupted(
+                f"[{phase.name}] stopped by SIGTERM after epoch {epoch}/{phase.epochs}; the "
+                f"resume state is written: run the same command again to go on from there")

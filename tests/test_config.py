@@ -253,3 +253,16 @@ def test_seeds_are_not_hashed_each_seed_is():
     for key in (baseline_key, pixelcam_key):
         assert key(many) == key(cfg)  # the seed-0 run of a multi-seed profile is today's run
         assert key(many.replace(seed=1)) == key(cfg.replace(seed=1)) != key(cfg)
+
+
+def test_switching_datasets_never_carries_one_datasets_overrides_to_the_other():
+    """Notebook 11 builds the other dataset's baseline from a config already switched to one
+    dataset: CAMELYON16's 20 epochs must not become GlaS's."""
+    cfg = load_config(None, {"epochs": 1000, "data_root": "synthetic",
+                             "datasets": "glas,camelyon16",
+                             "camelyon16": {"epochs": 20, "low_res": True}})
+    glas = cfg.for_dataset("glas")
+    assert (glas.epochs, glas.low_res) == (1000, False)
+    assert cfg.for_dataset("camelyon16").for_dataset("glas") == glas
+    assert glas.for_dataset("camelyon16") == cfg.for_dataset("camelyon16")
+    assert cfg.for_dataset("camelyon16").epochs == 20

@@ -242,3 +242,40 @@ def test_train_crop_sets_the_train_crop_only(synth):
     assert _ds(synth, "test", crop_size=24)[0]["image"].shape == (3, 32, 32)
     with pytest.raises(ConfigError, match="train_crop=48"):
         _ds(synth, "train", train=True, crop_size=48)
+
+
+@pytest.mark.parametrize("split,train", [("test", False), ("train", True)])
+def test_preloaded_items_are_the_uncached_items_bit_for_bit(synth, split, train):
+    """The in-memory cache keeps only the decoded, resized pixels: the random crop, flips and
+    jitter are still drawn per item, from the same RNG, so the items are identical."""
+    cams = None
+    if train:
+        cams = {r.image_id: torch.rand(6, 6, generator=torch.Generator().manual_seed(i))
+                for i, r in enumerate(_ds(synth, split).records)}
+    plain = _ds(synth, split, train=train, cams=cams, train_masks=train)
+    cached = _ds(synth, split, train=train, cams=cams, train_masks=train)
+    cached.preload(threads=2)
+    assert cached.preloaded and not plain.preloaded
+    assert cached.cache_bytes() == len(cached) * cached._side ** 2 * 4
+    for i in range(len(plain)):
+        torch.manual_seed(i)
+        a = plain[i]
+        torch.manual_seed(i)
+        b = cached[i]
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])), (i, k)
+    # reading items never alters the cache: its pixels are still those decoded afresh
+    for (pixels, mask), i in zip(cached._decoded, range(len(cached))):
+        fresh_pixels, fresh_mask = plain._decode(i)
+        assert torch.equal(pixels, fresh_pixels) and torch.equal(mask, fresh_mask)
+
+
+def test_preload_within_keeps_to_its_budget(synth):
+    from pixelcam.data.dataset import preload_within
+
+    small, large = _ds(synth, "valpx"), _ds(synth, "train", train=True)
+    budget_mb = (small.cache_bytes() + 1) / 2**20
+    assert preload_within([small, large], budget_mb) == ["valpx"]
+    assert small.preloaded and not large.preloaded
+    assert preload_within([_ds(synth, "test")], 0) == []

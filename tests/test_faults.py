@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -18,18 +19,20 @@ TINY = {
     "image_size": 48, "resize_size": 56, "backbone": "resnet18", "epochs": 4, "batch_size": 4,
     "eval_batch_size": 8, "lr": 0.01, "device": "cpu",
 }
+EVERY_EPOCH = {"state_every_s": 0}  # the resume state after each epoch (default: once a minute)
 
 
-def _params(tmp_path: Path, name: str) -> tuple[Path, Path]:
+def _params(tmp_path: Path, name: str, **extra) -> tuple[Path, Path]:
     cache = tmp_path / f"cache-{name}"
     path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({**TINY, "cache_dir": str(cache)}))
+    path.write_text(yaml.safe_dump({**TINY, **extra, "cache_dir": str(cache)}))
     return path, cache
 
 
 def _train(params: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "pixelcam.cli", "train", "--params", str(params)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def _results(cache: Path) -> dict[str, dict]:
@@ -54,10 +57,19 @@ def _wait_for_epoch(state: Path, epoch: int, proc: subprocess.Popen, timeout: fl
     raise AssertionError(f"no checkpoint of epoch {epoch} within {timeout} s")
 
 
-def test_sigkill_mid_training_resumes_to_the_same_result(tmp_path):
-    ref_params, ref_cache = _params(tmp_path, "ref")
-    assert _train(ref_params).wait(timeout=300) == 0
-    params, cache = _params(tmp_path, "killed")
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[str, dict]:
+    """The numbers of an uninterrupted run, which every interrupted one must end with."""
+    params, cache = _params(tmp_path_factory.mktemp("ref"), "ref")
+    proc = _train(params)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out
+    return _results(cache)
+
+
+def test_sigkill_mid_training_resumes_to_the_same_result(tmp_path, reference):
+    # the state after every epoch, so that the kill lands between two writes mid-training
+    params, cache = _params(tmp_path, "killed", **EVERY_EPOCH)
     proc = _train(params)
     (cache / "runs").mkdir(parents=True, exist_ok=True)
     state = None
@@ -75,7 +87,33 @@ def test_sigkill_mid_training_resumes_to_the_same_result(tmp_path):
     out = rerun.communicate(timeout=300)[0]
     assert rerun.returncode == 0, out
     assert "resuming after epoch" in out
-    assert _results(cache) == _results(ref_cache)
+    assert _results(cache) == reference
+
+
+def test_sigterm_writes_the_state_and_exits_143_then_resumes(tmp_path, reference):
+    """A scheduler's SIGTERM (SLURM's pre-emption) with the state written only once a minute:
+    the epoch in progress finishes, the state is written at once, the process exits 143, and
+    the rerun resumes to the numbers of an uninterrupted run."""
+    params, cache = _params(tmp_path, "terminated", state_every_s=3600)
+    proc = _train(params)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "[baseline] epoch   1/" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    out = "".join(seen) + proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143, out
+    assert "stopped by SIGTERM after epoch" in out and "run the same command again" in out
+    (state,) = (cache / "runs").glob("baseline-*/state.pt")
+    epoch = torch.load(state, weights_only=False)["epoch"]
+    assert 1 <= epoch < TINY["epochs"], out  # written at the SIGTERM, not at the end
+    assert not list((cache / "runs").glob("*/results.json"))
+    rerun = _train(params)
+    out = rerun.communicate(timeout=300)[0]
+    assert rerun.returncode == 0, out
+    assert f"resuming after epoch {epoch}" in out
+    assert _results(cache) == reference
 
 
 def test_concurrent_processes_train_once(tmp_path):

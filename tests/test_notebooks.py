@@ -117,6 +117,14 @@ def test_every_notebook_runs_on_the_smoke_profile(tmp_path):
             images = [o.data["image/png"] for o in cell.get("outputs", [])
                       if "image/png" in o.get("data", {})]
             assert len(images) == len(set(images)), f"{name}: a figure is shown twice"
+    # `reports --plan` names exactly the runs that the notebooks trained, each once, as cached
+    from pixelcam.plan import notebook_configs, plan_trainings
+
+    planned = plan_trainings(notebook_configs("smoke", ROOT, NAMES,
+                                              {"cache_dir": str(tmp_path / "cache")}))
+    trained = {d.name for d in (tmp_path / "cache" / "runs").iterdir() if d.is_dir()}
+    assert sorted(t.run.dir.name for t in planned) == sorted(trained)
+    assert all(t.run.cached for t in planned)
 
 
 REAL_CPU = sorted((ROOT / "params" / "real-cpu").glob("*.yaml"))

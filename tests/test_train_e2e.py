@@ -188,6 +188,73 @@ def test_resume_gives_the_same_weights(trained, tmp_path):
     assert hist_a == hist_b
 
 
+def test_state_is_written_on_its_time_cadence_and_after_the_last_epoch(trained, tmp_path,
+                                                                      monkeypatch):
+    """A fake clock in which every epoch takes 25 s: with state_every_s 60 the state goes to
+    disk after the epoch that crosses each minute and after the last one, and the B-LOC/B-CL
+    weights on disk always belong to the epochs the state names."""
+    import pixelcam.train as train_module
+
+    cfg, _, _ = trained
+    device = resolve_device("cpu")
+    kw = dict(train_ds=dataset(cfg, "train", train=True), valcl_ds=dataset(cfg, "valcl"),
+              valpx_ds=dataset(cfg, "valpx"), device=device, log=lambda s: None)
+    now = [0.0]
+    monkeypatch.setattr(train_module, "_clock", lambda: now[0])
+    real_epoch = train_module._train_epoch
+
+    def slow_epoch(*args, **kwargs):
+        now[0] += 25.0
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_train_epoch", slow_epoch)
+    writes = []  # (what, state epoch or None)
+    real_save = train_module.save_torch
+
+    def spy(obj, path):
+        writes.append((path.name, obj["epoch"] if path.name == "state.pt" else None))
+        return real_save(obj, path)
+
+    monkeypatch.setattr(train_module, "save_torch", spy)
+    every = fit(new_model(cfg, pixel=False), cfg.replace(state_every_s=60.0),
+                PhaseSpec("baseline", "layercam", 6), out_dir=tmp_path / "cadence", **kw)
+    states = [epoch for name, epoch in writes if name == "state.pt"]
+    assert states == [3, 6]  # 75 s after the start, then the last epoch (150 s)
+    assert {name for name, _ in writes} == {"state.pt", "b-loc.pt", "b-cl.pt"}
+    saved = torch.load(tmp_path / "cadence" / "state.pt", weights_only=False)
+    assert saved["best"] == every.best
+    best = torch.load(tmp_path / "cadence" / "checkpoints" / "b-loc.pt")
+    assert set(best) == set(saved["model"])
+    assert [t["epoch"] for t in every.timings] == list(range(7))
+    assert set(every.time_split()) == {"data_s", "step_s", "val_s", "state_s"}
+
+    writes.clear()
+    per_epoch = fit(new_model(cfg, pixel=False), cfg.replace(state_every_s=0.0),
+                    PhaseSpec("baseline", "layercam", 6), out_dir=tmp_path / "every", **kw)
+    assert [epoch for name, epoch in writes if name == "state.pt"] == list(range(7))
+    assert per_epoch.history == every.history  # the cadence never changes the numbers
+    for name in ("b-loc", "b-cl"):
+        a = torch.load(tmp_path / "cadence" / "checkpoints" / f"{name}.pt")
+        b = torch.load(tmp_path / "every" / "checkpoints" / f"{name}.pt")
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_image_cache_never_changes_the_numbers(trained, tmp_path):
+    cfg, _, _ = trained
+    device = resolve_device("cpu")
+    out = {}
+    for mb in (0, 64):
+        c = cfg.replace(image_cache_mb=mb)
+        train_ds = dataset(c, "train", train=True)
+        result = fit(new_model(c, pixel=False), c, PhaseSpec("baseline", "layercam", 2),
+                     train_ds=train_ds, valcl_ds=dataset(c, "valcl"),
+                     valpx_ds=dataset(c, "valpx"), out_dir=tmp_path / str(mb), device=device,
+                     log=lambda s: None)
+        assert train_ds.preloaded == (mb > 0)
+        out[mb] = result.history
+    assert out[0] == out[64]
+
+
 @pytest.mark.parametrize("method,variant,map_name", [
     ("gradcampp", "official", "gradcampp_official"), ("gradcampp", "paper", "gradcampp"),
     ("deepmil", "official", "deepmil"), ("cam", "official", "cam"), ("sat", "official", "sat")])

@@ -9,7 +9,8 @@ resize, crop and flips, so pseudo-labels drawn from it stay aligned with the aug
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,7 @@ class WSOLDataset(torch.utils.data.Dataset):
             if color_jitter
             else None
         )
+        self._decoded: list[tuple[torch.Tensor, torch.Tensor | None]] | None = None
         self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
@@ -162,27 +164,62 @@ class WSOLDataset(torch.utils.data.Dataset):
         )
         return out[0, 0]
 
-    def __getitem__(self, index: int) -> dict:
+    # --- decoding, optionally once (see preload) -------------------------------------------
+
+    @property
+    def _side(self) -> int:
+        """The side an image is resized to before anything random happens to it."""
+        return self.resize_size if self.train else self.image_size
+
+    @property
+    def _with_masks(self) -> bool:
+        return not self.train or self.train_masks
+
+    def cache_bytes(self) -> int:
+        """Memory that `preload` takes: uint8 RGB (+ mask) at the working size, per image."""
+        side = self._side
+        return len(self) * side * side * (4 if self._with_masks else 3)
+
+    def _decode(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(3, side, side) uint8 image and its (side, side) mask (None when not needed)."""
         record = self.records[index]
         image = self._read_image(record)
+        side = self._side
+        pixels = v2.functional.pil_to_tensor(image.resize((side, side), Image.BILINEAR))
+        mask = self._read_mask(record, image.size, side) if self._with_masks else None
+        return pixels, mask
+
+    def preload(self, threads: int = 0) -> None:
+        """Decode and resize every image once and keep it in memory.
+
+        A training reads each image once per epoch, for training and again for validation;
+        decoding a 775x522 PNG costs more than the augmentation that follows. Only the
+        deterministic part is kept: crops, flips and jitter are still drawn per sample, so the
+        items (and a training's numbers) are those of an uncached dataset, bit for bit.
+        Decoding releases the GIL, so `threads` (0 = one per core, at most 8) overlap it.
+        """
+        if self._decoded is not None:
+            return
+        workers = threads or min(8, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            self._decoded = list(pool.map(self._decode, range(len(self))))
+
+    @property
+    def preloaded(self) -> bool:
+        return self._decoded is not None
+
+    def _pixels(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self._decoded[index] if self._decoded is not None else self._decode(index)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        pixels, mask = self._pixels(index)
         label = torch.tensor(record.label, dtype=torch.long)
         if self.train:
-            return self._train_item(record, image, label, index)
-        return self._eval_item(record, image, label, index)
-
-    def _eval_item(
-        self, record: Record, image: Image.Image, label: torch.Tensor, index: int
-    ) -> dict:
-        s = self.image_size
-        resized = image.resize((s, s), Image.BILINEAR)
-        item = {
-            "image": self._to_input(v2.functional.pil_to_tensor(resized)),
-            "label": label,
-            "mask": self._read_mask(record, image.size, self.image_size),
-            "index": index,
-        }
+            return self._train_item(record, pixels, mask, label, index)
+        item = {"image": self._to_input(pixels), "label": label, "mask": mask, "index": index}
         if self.cams is not None:
-            item["cam"] = self._resize_cam(self._cam(record), s)
+            item["cam"] = self._resize_cam(self._cam(record), self.image_size)
         return item
 
     def _read_mask(self, record: Record, image_size: tuple[int, int], s: int) -> torch.Tensor:
@@ -201,12 +238,11 @@ class WSOLDataset(torch.utils.data.Dataset):
         return torch.from_numpy(np.asarray(binary.resize((s, s), Image.NEAREST)).copy())
 
     def _train_item(
-        self, record: Record, image: Image.Image, label: torch.Tensor, index: int
+        self, record: Record, img: torch.Tensor, mask: torch.Tensor | None, label: torch.Tensor,
+        index: int,
     ) -> dict:
         r, s = self.resize_size, self.crop_size
-        img = v2.functional.pil_to_tensor(image.resize((r, r), Image.BILINEAR))
         cam = self._resize_cam(self._cam(record), r) if self.cams is not None else None
-        mask = self._read_mask(record, image.size, r) if self.train_masks else None
         # One draw of the geometry, applied to image and CAM alike (torch's global RNG, so
         # DataLoader worker seeding makes it reproducible).
         top = int(torch.randint(0, r - s + 1, (1,)).item())
@@ -231,3 +267,22 @@ class WSOLDataset(torch.utils.data.Dataset):
         if mask is not None:
             item["mask"] = mask.contiguous()
         return item
+
+
+def preload_within(datasets: Iterable[torch.utils.data.Dataset], limit_mb: float) -> list[str]:
+    """Preload each WSOLDataset (in the given order) while their total stays within `limit_mb`.
+
+    Returns the splits kept in memory. A dataset over the remaining budget (a CAMELYON16 train
+    split of tens of thousands of patches) is read from disk as before.
+    """
+    budget = limit_mb * 2**20
+    kept = []
+    for ds in datasets:
+        if not isinstance(ds, WSOLDataset):
+            continue
+        need = 0 if ds.preloaded else ds.cache_bytes()
+        if need <= budget:
+            ds.preload()
+            budget -= need
+            kept.append(ds.split)
+    return kept

@@ -1,0 +1,91 @@
+"""`pixelcam reports --plan`: every training a profile needs, once, with its cost, run nothing."""
+
+import math
+from pathlib import Path
+
+import pytest
+
+from pixelcam.cli import main
+from pixelcam.data.folds import Record, write_split
+from pixelcam.plan import (
+    NOTEBOOK_RUNS,
+    PlannedTraining,
+    Timing,
+    estimate_seconds,
+    notebook_configs,
+    plan_trainings,
+)
+from pixelcam.runner import discover
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = [p.stem for p in discover(ROOT / "notebooks")]
+SIZES = {"glas": {"train": 67, "valcl": 16, "valpx": 6, "test": 80},
+         "camelyon16": {"train": 40, "valcl": 10, "valpx": 4, "test": 30}}
+
+
+def _fold_only_root(root: Path, sizes: dict[str, int]) -> Path:
+    """A data root with fold files and no images: all a plan reads."""
+    for split, n in sizes.items():
+        records = [Record(f"{split}/{i}.png", i % 2, 64, 64, f"{split}/{i}_mask.png" if i % 2
+                          else "") for i in range(n)]
+        write_split(root / "folds" / "fold-0", split, records)
+    (root / "folds" / "encoding.yaml").write_text("{normal: 0, tumour: 1}\n")
+    return root
+
+
+@pytest.fixture()
+def paper_data(tmp_path, monkeypatch):
+    for name, sizes in SIZES.items():
+        monkeypatch.setenv(f"PIXELCAM_{name.upper()}_ROOT",
+                           str(_fold_only_root(tmp_path / name, sizes)))
+    return tmp_path
+
+
+def test_every_notebook_has_a_plan():
+    assert sorted(NOTEBOOK_RUNS) == sorted(NAMES)
+
+
+def test_paper_plan_lists_each_training_once_for_the_notebook_that_runs_it(paper_data):
+    configs = notebook_configs("paper", ROOT, NAMES, {"cache_dir": str(paper_data / "cache")})
+    plan = plan_trainings(configs)
+    dirs = [t.run.dir for t in plan]
+    assert len(dirs) == len(set(dirs))  # shared runs once
+    assert not any(t.run.cached for t in plan)
+    first = [t for t in plan if t.notebook == "01_main_tables"]
+    main_cfg = configs["01_main_tables"]
+    methods = main_cfg.methods
+    negev = sum(m != "sat" for m in methods) if main_cfg.table_negev else 0
+    per_dataset = 2 * len(methods) + negev + int(main_cfg.table_unet)
+    assert len(first) == per_dataset * len(main_cfg.dataset_names) * len(main_cfg.seed_list)
+    # notebook 02 and 12 reuse notebook 01's models: they train nothing of their own
+    assert not [t for t in plan if t.notebook in ("02_ood", "12_feature_tsne", "09_complexity")]
+    glas = next(t for t in first if t.run.config.dataset == "glas")
+    assert glas.sizes == SIZES["glas"] and glas.run.epochs == main_cfg.for_dataset("glas").epochs
+    # the n sweep: one PixelCAM run per value that notebook 01 has not trained already
+    sweep = [t for t in plan if t.notebook == "05_ablation_n"]
+    assert sweep and all(t.run.kind == "pixelcam" and t.variant.startswith("n_bg=")
+                         for t in sweep)
+
+
+def test_estimate_adds_steps_validation_cams_and_test():
+    from pixelcam.config import load_config
+    from pixelcam.runs import PlannedRun
+
+    cfg = load_config(None, {"batch_size": 32})
+    run = PlannedRun("pixelcam", "k", Path("x"), cfg, 10, False)
+    t = PlannedTraining("01", run, SIZES["glas"])
+    timing = Timing(step_s=2.0, map_s=0.1, timed_batch=2)
+    steps = math.ceil(67 / 32)
+    expected = 10 * steps * 2.0 + 11 * (16 + 6) * 0.1 + 67 * 0.1 + 2 * (80 + 6) * 0.1
+    assert estimate_seconds(t, timing) == pytest.approx(expected)
+
+
+def test_plan_command_prints_the_trainings_the_total_and_the_shares(tmp_path, capsys):
+    code = main(["reports", "--profile", "smoke", "--plan", "--only", "05", "06",
+                 "-p", f"cache_dir={tmp_path}"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "05_ablation_n" in out and "06_ablation_lambda" in out
+    assert "smoke profile: 4 trainings (0 in the cache, 4 to train)" in out, out
+    assert "timed on a CPU" in out
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
