@@ -9,7 +9,7 @@ PROFILE ?= quick
 ONLY   ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: install reports preflight-ci test lint bench clean-outputs
+.PHONY: install reports preflight-ci test lint lab clean-notebooks bench clean-outputs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,17 @@ bench: install
 	@echo "== summary"; $(PY) benchmarks/summary.py
 
 lint: install
-	$(VENV)/bin/ruff check pixelcam tests
+	$(VENV)/bin/ruff check pixelcam tests benchmarks
+
+# JupyterLab on the notebooks (installed with the dev extras; added here if the env lacks it)
+lab: install
+	@$(PY) -c "import jupyterlab, ipywidgets" 2>/dev/null || \
+	  $(PY) -m pip install --quiet "jupyterlab>=4" "ipywidgets>=8"
+	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
+
+# strip outputs, execution counts and editor metadata before a commit (a test fails on outputs)
+clean-notebooks: install
+	$(PY) -m pixelcam.nbclean notebooks/*.ipynb
 
 clean-outputs:
 	rm -rf outputs/$(PROFILE)

@@ -19,6 +19,7 @@ from pixelcam.config import DATASETS, Config
 from pixelcam.evaluate import resolve_device
 from pixelcam.metrics import paired_ttest
 from pixelcam.models.cams import compute_maps
+from pixelcam.progress import note
 from pixelcam.report import (  # noqa: F401 - notebooks reach these through `ex.`
     CLASS_NAMES,
     METHOD_NAMES,
@@ -61,7 +62,7 @@ def other_dataset(name: str) -> str:
     return next(d for d in DATASETS if d != name)
 
 
-def dataset_runs(cfg: Config, log: Log = print, *, all_seeds: bool = False
+def dataset_runs(cfg: Config, log: Log = note, *, all_seeds: bool = False
                  ) -> dict[str, list[Run]]:
     """Table 1's runs for every dataset the notebook covers, in the paper's row order.
 
@@ -148,7 +149,7 @@ def ttest_table(runs: list[Run], cfg: Config, table: str = "table2",
 
 # --- Table 3: out of distribution ----------------------------------------------------------
 
-def ood_rows(cfg: Config, source: str, runs: list[Run] | None = None, log: Log = print
+def ood_rows(cfg: Config, source: str, runs: list[Run] | None = None, log: Log = note
              ) -> tuple[str, list[tuple[Run, dict[str, Any]]]]:
     """Every Table 1 run trained on `source`, evaluated on the other dataset's test split."""
     target = other_dataset(source)
@@ -163,7 +164,7 @@ def ood_rows(cfg: Config, source: str, runs: list[Run] | None = None, log: Log =
     return target, out
 
 
-def ood_table(cfg: Config, source: str, runs: list[Run] | None = None, log: Log = print
+def ood_table(cfg: Config, source: str, runs: list[Run] | None = None, log: Log = note
               ) -> pd.DataFrame:
     """Table 3 for one direction: PxAP and CL on the target test set (paper columns = target)."""
     target, rows = ood_rows(cfg, source, runs, log)
@@ -228,7 +229,7 @@ def lam_variants(cfg: Config) -> list[tuple[str, dict[str, Any]]]:
 
 
 def variant_runs(cfg: Config, method: str, variants: list[tuple[str, dict[str, Any]]],
-                 log: Log = print) -> list[tuple[str, Run]]:
+                 log: Log = note) -> list[tuple[str, Run]]:
     """The baseline of `method`, then a PixelCAM run per (label, params changes)."""
     mcfg = config_for_method(cfg, method)
     base = get_baseline(mcfg, log)
@@ -239,7 +240,7 @@ def variant_runs(cfg: Config, method: str, variants: list[tuple[str, dict[str, A
 
 
 def method_variants(cfg: Config, methods: list[str], variants: list[tuple[str, dict[str, Any]]],
-                    log: Log = print) -> list[tuple[str, Run]]:
+                    log: Log = note) -> list[tuple[str, Run]]:
     """Per method: its baseline, then "<Method> + PixelCAM (<suffix>)" per (suffix, changes)."""
     rows: list[tuple[str, Run]] = []
     for method in methods:
@@ -263,7 +264,7 @@ def parse_values(text: str, kind: type) -> list[Any]:
 
 # --- Table 18: pseudo-labels from a model trained on the other dataset ---------------------
 
-def external_runs(cfg: Config, method: str = "layercam", log: Log = print
+def external_runs(cfg: Config, method: str = "layercam", log: Log = note
                   ) -> dict[str, tuple[dict[str, Run], Run, Run]]:
     """Per dataset: its own baseline and PixelCAM, the other dataset's baseline, and PixelCAM
     trained on that baseline's pseudo-labels."""
@@ -276,7 +277,7 @@ def external_runs(cfg: Config, method: str = "layercam", log: Log = print
     return out
 
 
-def external_table(cfg: Config, method: str = "layercam", log: Log = print) -> pd.DataFrame:
+def external_table(cfg: Config, method: str = "layercam", log: Log = note) -> pd.DataFrame:
     """Same vs external pseudo-labels for every dataset the notebook covers."""
     rows = []
     for name, (same, external_base, external) in external_runs(cfg, method, log).items():
@@ -296,7 +297,7 @@ def external_table(cfg: Config, method: str = "layercam", log: Log = print) -> p
 
 # --- Figures 4, 5, 9, 10: stain shift --------------------------------------------------------
 
-def stain_levels_for(cfg: Config, log: Log = print):
+def stain_levels_for(cfg: Config, log: Log = note):
     """The frozen stain levels of cfg's dataset restained with the other dataset's styles."""
     from pixelcam.data.stain import StainLevels, fit_stain_levels
 
@@ -317,7 +318,7 @@ def stain_levels_for(cfg: Config, log: Log = print):
     return levels
 
 
-def stain_shift(cfg: Config, runs: list[Run], log: Log = print
+def stain_shift(cfg: Config, runs: list[Run], log: Log = note
                 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """CL and PxAP of each run on cfg's test set restained to every level (0 = original)."""
     from pixelcam.data.stain import write_restained_split

@@ -58,6 +58,8 @@ def _per_dataset(build: Callable[[Config], Any]) -> Callable[[Config], None]:
 
 # notebook -> the calls of its cells that ask the run cache for models (trained or reused)
 NOTEBOOK_RUNS: dict[str, Callable[[Config], Any]] = {
+    "00_explore": lambda cfg: get_or_train(
+        ex.config_for_method(cfg.for_dataset(cfg.dataset), cfg.method)),
     "01_main_tables": lambda cfg: ex.dataset_runs(cfg, all_seeds=True),
     "02_ood": lambda cfg: ex.dataset_runs(cfg),
     "03_stain_shift": _per_dataset(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import time
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,12 @@ import pandas as pd
 import torch
 import yaml
 
-from pixelcam.atomic import write_json
+from pixelcam.atomic import write_json, write_text
 from pixelcam.config import Config
 from pixelcam.evaluate import resolve_device, to_image
 from pixelcam.models.cams import compute_maps
 from pixelcam.provenance import provenance
-from pixelcam.runs import Run, dataset, with_data_of
+from pixelcam.runs import TRAIN_LOG, Run, dataset, with_data_of
 
 PAPER_DIR = Path(__file__).with_name("paper")
 METHOD_NAMES = {"layercam": "LayerCAM", "gradcampp": "GradCAM++", "deepmil": "DeepMIL",
@@ -54,13 +55,20 @@ def method_label(run: Run) -> str:
     return row_label(run.kind, run.results["config"]["method"])
 
 
+def data_label(cfg: Config) -> str:
+    """What the numbers ran on, for headlines: "GlaS", or "GlaS-like (synthetic)"."""
+    name = DATASET_NAMES[cfg.dataset]
+    return f"{name}-like (synthetic)" if cfg.data_root == "synthetic" else name
+
+
 def data_note(cfg: Config) -> str:
-    """One line that says what the run's numbers stand for."""
+    """One line that says what the run's numbers stand for (the data root by its folder name:
+    a shared report names no path of the machine it ran on)."""
     name = DATASET_NAMES[cfg.dataset]
     if cfg.data_root == "synthetic":
         return (f"**{name}-like synthetic data** (embedded default): the paper's {name} numbers "
                 "are shown for reference only; the two are not comparable.")
-    return f"**{name}** from `{cfg.data_root}`."
+    return f"**{name}** from the data root `{Path(cfg.data_root).name}`."
 
 
 def _delta(run_value: float | None, paper_value: float | None) -> float | None:
@@ -308,13 +316,42 @@ def provenance_markdown(results_path: str | Path) -> str:
     import json
 
     payload = json.loads(Path(results_path).read_text())
-    lines = [f"- **{k}**: {v}" for k, v in payload["provenance"].items() if k != "params"]
-    runs = payload.get("runs", {})
-    if runs:
-        lines.append("\nRuns: " + ", ".join(
-            f"{name} `{info['dir']}` ({'reused' if info['reused'] else 'trained now'})"
-            for name, info in runs.items()))
-    return "\n".join(lines)
+    return "\n".join(f"- **{k}**: {v}" for k, v in payload["provenance"].items()
+                     if k != "params")
+
+
+def run_table(runs: dict[str, Run] | None, output_dir: str | Path) -> Any:
+    """The runs a report used: status, epochs, B-LOC/B-CL epochs, time, and a link to each
+    run's epoch log, copied beside the report (`<output_dir>/logs/`) and linked relative to
+    the report's HTML, which sits next to `output_dir`."""
+    from IPython.display import HTML, Markdown
+
+    if not runs:
+        return Markdown("This notebook trains no model.")
+    out = Path(output_dir)
+    rows = []
+    for name, run in runs.items():
+        res = run.results
+        log = run.dir / TRAIN_LOG
+        link = "-"
+        if log.exists():
+            target = out / "logs" / f"{run.dir.name}.log"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_text(target, log.read_text())
+            href = f"{out.name}/logs/{target.name}"
+            link = f'<a href="{html.escape(href)}">log</a>'
+        best = res.get("best_epoch", {})
+        durations = res.get("durations") or {}
+        seconds = durations.get("train_s", 0.0) + durations.get("eval_s", 0.0)
+        wall = f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+        rows.append({"run": html.escape(name), "status": "reused" if run.reused else "trained",
+                     "epochs": max(len(res.get("history", [])) - 1, 0),
+                     "B-LOC epoch": best.get("b-loc", "-"), "B-CL epoch": best.get("b-cl", "-"),
+                     "wall time": wall,
+                     "epoch log": link})
+    table = pd.DataFrame(rows).to_html(index=False, escape=False, border=0)
+    return HTML(f"<details><summary>Runs used ({len(rows)}): status, epochs, selected epochs, "
+                f"time, logs</summary>{table}</details>")
 
 
 def history_plot(runs: list[Run]) -> plt.Figure:

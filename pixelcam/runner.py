@@ -6,20 +6,24 @@ and the batch exits non-zero at the end.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import html
 import json
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
+from pixelcam import progress
 from pixelcam.atomic import ensure_writable, write_text
 from pixelcam.config import load_config
 from pixelcam.errors import ConfigError
+from pixelcam.watch import Watch
 
 KERNEL = "python3"
 
@@ -98,8 +102,13 @@ def _error_line(exc: BaseException) -> tuple[str, str]:
 
 def run_notebook(notebook: Path, params_file: Path, out_dir: Path, profile: str, cwd: Path,
                  overrides: Mapping[str, Any] | None = None, cell_timeout: int = 3600,
-                 log: Callable[[str], None] = print) -> NotebookResult:
-    """Validate the params, execute the notebook into out_dir, render its HTML."""
+                 log: Callable[[str], None] = print, position: str = "1/1",
+                 trainings: int | None = None, stream: TextIO | None = None
+                 ) -> NotebookResult:
+    """Validate the params, execute the notebook into out_dir, render its HTML.
+
+    While it runs, a live line (pixelcam.watch) shows its trainings on `stream` (stdout), with
+    an ETA when `trainings` (how many it will train) is known."""
     import papermill
 
     name = notebook.stem
@@ -123,16 +132,30 @@ def run_notebook(notebook: Path, params_file: Path, out_dir: Path, profile: str,
 
     executed = out_dir / f"{name}.ipynb"
     status, error = "ok", ""
-    log(f"[{name}] running with {params_file}")
+    log(f"[{position} {name}] running with {params_file}"
+        + (f": {trainings} training{'s' if trainings != 1 else ''} to run" if trainings else ""))
+    progress_file = out_dir / f".{name}.progress.json"
+    previous = os.environ.get(progress.ENV)
+    os.environ[progress.ENV] = str(progress_file)  # the kernel inherits it
     try:
-        papermill.execute_notebook(
-            str(notebook), str(executed), kernel_name=KERNEL, cwd=str(cwd), progress_bar=False,
-            execution_timeout=cell_timeout, log_output=False,
-            parameters={"params": params, "profile": profile, "output_dir": str(result_dir)},
-        )
+        with Watch(progress_file, name, position, trainings, stream=stream):
+            papermill.execute_notebook(
+                str(notebook), str(executed), kernel_name=KERNEL, cwd=str(cwd),
+                progress_bar=False, execution_timeout=cell_timeout, log_output=False,
+                # the kernel's "running over TCP without encryption" notice is for servers
+                # reachable by others; a local batch kernel only says errors
+                extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                parameters={"params": params, "profile": profile,
+                            "output_dir": str(result_dir)},
+            )
     except Exception as exc:  # noqa: BLE001 - every failure is reported, the batch goes on
         status, error = _error_line(exc)
         log(f"[{name}] {status}: {error}")
+    finally:
+        if previous is None:
+            os.environ.pop(progress.ENV, None)
+        else:
+            os.environ[progress.ENV] = previous
     html_path = out_dir / f"{name}.html"
     if executed.exists():
         render_html(executed, html_path)
@@ -238,10 +261,14 @@ def run_reports(profile: str, root: Path, only: list[str] | None = None,
         log(f"shard {shard_spec}: {', '.join(nb.stem for nb in notebooks) or 'no notebook'}")
     t0 = time.perf_counter()
     results = []
-    for nb in notebooks:
+    for i, nb in enumerate(notebooks, 1):
+        position = f"{i}/{len(notebooks)}"
         results.append(run_notebook(nb, params_files[nb.stem], out_dir, profile, cwd=root,
-                                    overrides=overrides, cell_timeout=cell_timeout, log=log))
-        log(f"[{nb.stem}] {results[-1].status} in {results[-1].seconds:.0f} s")
+                                    overrides=overrides, cell_timeout=cell_timeout, log=log,
+                                    position=position,
+                                    trainings=_trainings_to_run(profile, root, nb.stem,
+                                                                overrides)))
+        log(f"[{position} {nb.stem}] {results[-1].status} in {results[-1].seconds:.0f} s")
     index = write_index(out_dir, read_statuses(out_dir, [nb.stem for nb in everything]),
                         label)
     failed = [r for r in results if r.status != "ok"]
@@ -255,6 +282,20 @@ def run_reports(profile: str, root: Path, only: list[str] | None = None,
         log(f"preflight: {len(results) - len(failed)}/{len(results)} notebooks ok in "
             f"{(time.perf_counter() - t0) / 60:.1f} min; {verdict}")
     return 1 if failed else 0
+
+
+def _trainings_to_run(profile: str, root: Path, name: str,
+                      overrides: Mapping[str, Any]) -> int | None:
+    """How many runs the notebook will train (the plan, now: earlier notebooks' runs count as
+    cached); None when its params cannot be planned (the notebook then reports why)."""
+    from pixelcam.plan import notebook_configs, plan_trainings
+
+    try:
+        with contextlib.chdir(root):
+            planned = plan_trainings(notebook_configs(profile, root, [name], overrides))
+    except Exception:  # noqa: BLE001 - the progress line only loses its ETA
+        return None
+    return sum(not t.run.cached for t in planned)
 
 
 def _check_weights(params_files: Mapping[str, Path], overrides: Mapping[str, Any],

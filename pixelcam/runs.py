@@ -34,10 +34,12 @@ from pixelcam.models.model import WSOLModel, build_model
 from pixelcam.models.negev import NEGEV
 from pixelcam.models.sat import build_sat
 from pixelcam.models.unet import UNet
+from pixelcam.progress import Tracker, file_log, note
 from pixelcam.provenance import provenance
 from pixelcam.train import CHECKPOINTS, PhaseSpec, fit
 
 Log = Callable[[str], None]
+TRAIN_LOG = "train.log"  # each run's epoch log, in its run directory
 
 
 def synthetic_spec(cfg: Config) -> SyntheticSpec:
@@ -201,10 +203,20 @@ def _evaluate_checkpoints(run_dir: Path, cfg: Config, kind: str, map_method: str
 def _train_run(kind: str, key: str, run_dir: Path, cfg: Config, phase: PhaseSpec,
                model: WSOLModel, train_ds: WSOLDataset, log: Log,
                extra: dict[str, Any] | None = None) -> Run:
+    from pixelcam.report import row_label  # report imports this module
+
     device = distributed.init(resolve_device(cfg.device))
     started = time.time()
-    fitted = fit(model, cfg, phase, train_ds=train_ds, valcl_ds=dataset(cfg, "valcl"),
-                 valpx_ds=dataset(cfg, "valpx"), out_dir=run_dir, device=device, log=log)
+    tracker = Tracker(f"{row_label(kind, cfg.method)}, {cfg.dataset}, seed {cfg.seed}",
+                      phase.epochs)
+    run_log, handle = file_log(run_dir / TRAIN_LOG, log)
+    try:
+        fitted = fit(model, cfg, phase, train_ds=train_ds, valcl_ds=dataset(cfg, "valcl"),
+                     valpx_ds=dataset(cfg, "valpx"), out_dir=run_dir, device=device,
+                     log=run_log, on_epoch=tracker.epoch)
+    finally:
+        handle.close()
+        tracker.close()
     if not distributed.is_main():  # rank 0 evaluates and writes results.json; the others wait
         distributed.barrier()
         return Run(kind, key, run_dir, read_back(run_dir / "results.json"), reused=False)
@@ -289,7 +301,7 @@ def _cached(kind: str, key: str, cfg: Config, log: Log, train: Callable[[Path], 
         return train(run_dir)
 
 
-def get_baseline(cfg: Config, log: Log = print) -> Run:
+def get_baseline(cfg: Config, log: Log = note) -> Run:
     """The trained WSOL baseline for this config (trained now if no finished run exists)."""
     key = baseline_key(cfg)
 
@@ -303,7 +315,7 @@ def get_baseline(cfg: Config, log: Log = print) -> Run:
     return _cached("baseline", key, cfg, log, train, cfg.epochs)
 
 
-def store_cams(baseline: Run, cfg: Config, checkpoint: str, log: Log = print
+def store_cams(baseline: Run, cfg: Config, checkpoint: str, log: Log = note
                ) -> dict[str, torch.Tensor]:
     """True-class CAMs of cfg's train split at feature resolution, from non-augmented images.
 
@@ -326,12 +338,12 @@ def store_cams(baseline: Run, cfg: Config, checkpoint: str, log: Log = print
     return cams
 
 
-def cam_baseline(cfg: Config, log: Log = print) -> Run:
+def cam_baseline(cfg: Config, log: Log = note) -> Run:
     """The baseline whose CAMs seed PixelCAM: this dataset's, or cam_source's (Table 18)."""
     return get_baseline(cfg.for_dataset(cfg.cam_source) if cfg.cam_source else cfg, log)
 
 
-def get_pixelcam(cfg: Config, log: Log = print, baseline: Run | None = None) -> Run:
+def get_pixelcam(cfg: Config, log: Log = note, baseline: Run | None = None) -> Run:
     """PixelCAM on top of the config's baseline: its CAMs seed it, its weights initialise it."""
     key = pixelcam_key(cfg)
 
@@ -353,7 +365,7 @@ def get_pixelcam(cfg: Config, log: Log = print, baseline: Run | None = None) -> 
     return _cached("pixelcam", key, cfg, log, train, cfg.total_pixelcam_epochs)
 
 
-def get_unet(cfg: Config, log: Log = print) -> Run:
+def get_unet(cfg: Config, log: Log = note) -> Run:
     """The fully supervised U-Net upper bound (Table 1's last row), trained on the train masks."""
     key = unet_key(cfg)
 
@@ -366,7 +378,7 @@ def get_unet(cfg: Config, log: Log = print) -> Run:
     return _cached("unet", key, cfg, log, train, cfg.epochs)
 
 
-def get_negev(cfg: Config, log: Log = print, baseline: Run | None = None) -> Run:
+def get_negev(cfg: Config, log: Log = note, baseline: Run | None = None) -> Run:
     """NEGEV (two-step): a decoder on the frozen baseline, trained on the same seeds as PixelCAM."""
     key = negev_key(cfg)
 
@@ -385,7 +397,7 @@ def get_negev(cfg: Config, log: Log = print, baseline: Run | None = None) -> Run
     return _cached("negev", key, cfg, log, train, cfg.total_pixelcam_epochs)
 
 
-def get_or_train(cfg: Config, log: Log = print) -> dict[str, Run]:
+def get_or_train(cfg: Config, log: Log = note) -> dict[str, Run]:
     """The baseline and its PixelCAM model, trained only where no finished run exists."""
     baseline = get_baseline(cfg, log)
     return {"baseline": baseline, "pixelcam": get_pixelcam(cfg, log, baseline)}
@@ -400,7 +412,7 @@ def config_for_method(cfg: Config, method: str) -> Config:
     return cfg.replace(**changes)
 
 
-def table_runs(cfg: Config, log: Log = print, seeds: Iterable[int] | None = None
+def table_runs(cfg: Config, log: Log = note, seeds: Iterable[int] | None = None
                ) -> list[tuple[Config, Run]]:
     """Every run a main table shows, in the paper's row order: per baseline, the baseline, its
     NEGEV decoder (if asked) and its PixelCAM model; then the U-Net upper bound (if asked).
@@ -441,7 +453,7 @@ def cached_on(run: Run, data: Config, checkpoint: str, split: str, name: str,
 
 
 def evaluate_on(run: Run, data: Config, checkpoint: str, split: str = "test",
-                log: Log = print) -> dict[str, Any]:
+                log: Log = note) -> dict[str, Any]:
     """A finished run's checkpoint on another dataset's split (OOD, stain shift), cached."""
     cfg = with_data_of(run.config, data)
 

@@ -403,7 +403,8 @@ def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def fit(model: WSOLModel, cfg: Config, phase: PhaseSpec, *, train_ds: Dataset, valcl_ds: Dataset,
         valpx_ds: Dataset, out_dir: Path, device: torch.device,
-        log: Callable[[str], None] = print) -> FitResult:
+        log: Callable[[str], None] = print,
+        on_epoch: Callable[[int, int], None] | None = None) -> FitResult:
     """Train one phase, keep the B-LOC and B-CL weights, resume from `state.pt` if present.
 
     Under torchrun every rank calls this with the same arguments (see the module docstring).
@@ -458,7 +459,7 @@ def fit(model: WSOLModel, cfg: Config, phase: PhaseSpec, *, train_ds: Dataset, v
     t0 = time.perf_counter()
     with _SigtermFlag() as sigterm:
         _epochs(model, net, cfg, phase, result, best_score, start_epoch, loader, valcl, valpx,
-                opt, sched, gen, device, state_path, ckpt_dir, sigterm, log)
+                opt, sched, gen, device, state_path, ckpt_dir, sigterm, log, on_epoch)
     result.seconds = time.perf_counter() - t0
     if main:
         write_json(out_dir / "history.json", {"history": result.history, "best": result.best})
@@ -470,7 +471,8 @@ def _epochs(model: WSOLModel, net: torch.nn.Module, cfg: Config, phase: PhaseSpe
             result: FitResult, best_score: dict[str, float], start_epoch: int,
             loader: DataLoader, valcl: DataLoader, valpx: DataLoader, opt: torch.optim.Optimizer,
             sched: Any, gen: torch.Generator, device: torch.device, state_path: Path,
-            ckpt_dir: Path, sigterm: _SigtermFlag, log: Callable[[str], None]) -> None:
+            ckpt_dir: Path, sigterm: _SigtermFlag, log: Callable[[str], None],
+            on_epoch: Callable[[int, int], None] | None = None) -> None:
     """Train and validate epochs start_epoch..phase.epochs; write the state on its cadence."""
     world, main = distributed.world_size(), distributed.is_main()
     pending: dict[str, dict[str, torch.Tensor]] = {}  # best weights not on disk yet
@@ -523,6 +525,8 @@ def _epochs(model: WSOLModel, net: torch.nn.Module, cfg: Config, phase: PhaseSpe
             last_write = _clock()
         clock["state_s"] = time.perf_counter() - tick
         result.timings.append(clock)
+        if on_epoch is not None:
+            on_epoch(epoch, phase.epochs)
         if stop:
             sigterm.acted = True
             raise TrainingInterrupted(

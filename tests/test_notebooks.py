@@ -1,8 +1,10 @@
-"""The report notebooks: built from notebooks/build.py, params for every profile, and every
-notebook executed top to bottom through papermill on the smoke profile."""
+"""The report notebooks: edited as notebooks, committed without outputs, sharing their
+conventions (parameters cell, start cell, results cell); params for every profile; every notebook
+executed top to bottom through papermill on the smoke profile."""
 
-import importlib.util
+import ast
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -15,30 +17,68 @@ ROOT = Path(__file__).resolve().parents[1]
 NAMES = [p.stem for p in discover(ROOT / "notebooks")]
 
 
-def _build_module():
-    spec = importlib.util.spec_from_file_location("build", ROOT / "notebooks" / "build.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+REPORTS = [n for n in NAMES if n != "00_explore"]
 
 
-def test_twelve_notebooks_one_per_paper_section():
+def _read(name: str) -> nbformat.NotebookNode:
+    return nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+
+
+def _calls(source: str) -> dict[str, ast.Call]:
+    """Function calls of a cell by name (`start(...)`, `display(...)`), first of each."""
+    out = {}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            func = node.func
+            out.setdefault(func.id if isinstance(func, ast.Name) else getattr(func, "attr", ""),
+                           node)
+    return out
+
+
+def test_twelve_notebooks_one_per_paper_section_and_one_to_explore():
     assert NAMES == [
+        "00_explore",
         "01_main_tables", "02_ood", "03_stain_shift", "04_ablation_depth", "05_ablation_n",
         "06_ablation_lambda", "07_ablation_model_selection", "08_ablation_sampling",
         "09_complexity", "10_backbones", "11_external_pseudo_labels", "12_feature_tsne"]
 
 
-def test_committed_notebooks_are_what_build_writes():
-    built = _build_module().build()
-    assert sorted(built) == NAMES
-    for name, nb in built.items():
-        committed = (ROOT / "notebooks" / f"{name}.ipynb").read_text()
-        assert committed.strip() == nbformat.writes(nb).strip(), \
-            f"{name}.ipynb differs from notebooks/build.py: run `python notebooks/build.py`"
-        cells = nbformat.reads(committed, as_version=4).cells
-        assert all(not c.get("outputs") for c in cells if c.cell_type == "code")
-        assert cells[1].metadata.get("tags") == ["parameters"]
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_notebooks_hold_no_outputs(name):
+    """Notebooks are the source: saved from JupyterLab, they must be cleared of outputs
+    (`make clean-notebooks`, or Edit > Clear Outputs of All Cells, before committing)."""
+    from pixelcam.nbclean import outputs_of
+
+    assert outputs_of(_read(name)) == [], f"{name}.ipynb: run `make clean-notebooks`"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebooks_share_the_parameters_and_start_cells(name):
+    """papermill injects `profile`, `params` and `output_dir` after the cell tagged
+    "parameters"; the next code cell loads the profile's params with `start`."""
+    code = [c for c in _read(name).cells if c.cell_type == "code"]
+    tagged = [i for i, c in enumerate(code) if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{name}: exactly one code cell tagged 'parameters'"
+    assigned = {t.id for node in ast.parse(code[tagged[0]].source).body
+                if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+    assert {"profile", "params", "output_dir"} <= assigned, name
+    start = _calls(code[tagged[0] + 1].source).get("start")
+    assert start is not None, f"{name}: the cell after the parameters calls start(...)"
+    assert isinstance(start.args[0], ast.Constant) and start.args[0].value == name
+    assert [a.id for a in start.args[1:]] == ["profile", "params", "output_dir"], name
+
+
+@pytest.mark.parametrize("name", REPORTS)
+def test_reports_end_with_results_runs_and_provenance(name):
+    cells = _read(name).cells
+    assert cells[-2].cell_type == "markdown" and "Results and provenance" in cells[-2].source
+    calls = _calls(cells[-1].source)
+    assert {"write_results", "run_table", "provenance_markdown"} <= set(calls), name
+    # headlines name what they measure, with a unit
+    for cell in cells:
+        for line in cell.source.splitlines():
+            if line.lstrip().startswith("headline[") or line.startswith("headline = {f"):
+                assert "(%)" in line or "(ms)" in line, f"{name}: a headline without its unit"
 
 
 @pytest.mark.parametrize("profile", ["quick", "smoke", "paper"])
@@ -84,8 +124,8 @@ def test_paper_profile_without_data_stops_before_the_kernel(monkeypatch, tmp_pat
 
 
 # figures per notebook on the smoke profile (both datasets, one method or two)
-FIGURES = {"01_main_tables": 8, "02_ood": 4, "03_stain_shift": 4, "09_complexity": 1,
-           "12_feature_tsne": 6}
+FIGURES = {"00_explore": 1, "01_main_tables": 8, "02_ood": 4, "03_stain_shift": 4,
+           "09_complexity": 1, "12_feature_tsne": 6}
 
 
 def test_every_notebook_runs_on_the_smoke_profile(tmp_path):
@@ -103,19 +143,29 @@ def test_every_notebook_runs_on_the_smoke_profile(tmp_path):
         assert f'href="{name}.html"' in index
         html = (out / f"{name}.html").read_text()
         assert "from pixelcam" not in html  # code hidden
+        # logs, warnings and paths of this machine stay out of a shared report
+        assert not re.search(r"\] epoch +\d+/\d+", html), f"{name}: epoch log lines in the report"
+        assert "Warning:" not in html and "WARNING" not in html, f"{name}: a warning in the report"
+        for path in (str(tmp_path), str(ROOT), ".cache/"):
+            assert path not in html, f"{name}: the report names the path {path}"
+        assert len(html) < 3_000_000, f"{name}: {len(html)} bytes"
+        if name in REPORTS or name == "00_explore":
+            assert "Runs used (" in html or "trains no model" in html, name
         executed = nbformat.read(out / f"{name}.ipynb", as_version=4)
         shown = [o.data for c in executed.cells if c.cell_type == "code"
                  for o in c.outputs if "data" in o]
-        images = [d["image/png"] for d in shown if "image/png" in d]
+        # figures are JPEG (pixelcam.notebook: a few MB per report), never PNG
+        assert not [d for d in shown if "image/png" in d], f"{name}: a PNG figure"
+        images = [d["image/jpeg"] for d in shown if "image/jpeg" in d]
         # the paper's figures, each shown once (01 adds the seeds figure of each dataset)
         assert len(images) == FIGURES.get(name, 0), name
         assert all(image.replace("\n", "")[-80:] in html for image in images)  # embedded
         as_text = [d["text/plain"] for d in shown
-                   if d.get("text/plain", "").startswith("<Figure") and "image/png" not in d]
+                   if d.get("text/plain", "").startswith("<Figure") and "image/jpeg" not in d]
         assert not as_text, f"{name}: figures shown as text, not images: {as_text}"
         for cell in executed.cells:
-            images = [o.data["image/png"] for o in cell.get("outputs", [])
-                      if "image/png" in o.get("data", {})]
+            images = [o.data["image/jpeg"] for o in cell.get("outputs", [])
+                      if "image/jpeg" in o.get("data", {})]
             assert len(images) == len(set(images)), f"{name}: a figure is shown twice"
     # `reports --plan` names exactly the runs that the notebooks trained, each once, as cached
     from pixelcam.plan import notebook_configs, plan_trainings

@@ -51,7 +51,10 @@ def test_paper_plan_lists_each_training_once_for_the_notebook_that_runs_it(paper
     dirs = [t.run.dir for t in plan]
     assert len(dirs) == len(set(dirs))  # shared runs once
     assert not any(t.run.cached for t in plan)
-    first = [t for t in plan if t.notebook == "01_main_tables"]
+    # notebook 00 runs first and trains the profile's own pair, one of notebook 01's rows
+    explore = [t for t in plan if t.notebook == "00_explore"]
+    assert [t.run.kind for t in explore] == ["baseline", "pixelcam"]
+    first = [t for t in plan if t.notebook in ("00_explore", "01_main_tables")]
     main_cfg = configs["01_main_tables"]
     methods = main_cfg.methods
     negev = sum(m != "sat" for m in methods) if main_cfg.table_negev else 0
