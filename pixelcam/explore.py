@@ -19,7 +19,7 @@ from pixelcam import progress
 from pixelcam.config import Config
 from pixelcam.evaluate import per_image_ap, to_image
 from pixelcam.models.cams import compute_maps
-from pixelcam.report import DATASET_NAMES, method_label
+from pixelcam.report import data_label, method_label
 from pixelcam.runs import Run, dataset, load_run
 from pixelcam.sampler import sample_seeds_pb
 
@@ -45,9 +45,8 @@ def baseline_of(run: Run) -> Run:
 
 def run_label(run: Run) -> str:
     cfg = run.config
-    data = DATASET_NAMES[cfg.dataset] + ("-like (synthetic)" if cfg.data_root == "synthetic"
-                                         else "")
-    return (f"{method_label(run)} · {data} · {cfg.backbone} · seed {cfg.seed} · n={cfg.n_fg} "
+    return (f"{method_label(run)} · {data_label(cfg)} · {cfg.backbone} · seed {cfg.seed} · "
+            f"n={cfg.n_fg} "
             f"λ={cfg.lam:g} · {run.dir.name}")
 
 

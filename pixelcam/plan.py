@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from pixelcam import experiments as ex
 from pixelcam.config import PIXELCAM_KEYS, Config, load_config
@@ -38,7 +37,14 @@ from pixelcam.errors import ConfigError
 from pixelcam.evaluate import resolve_device
 from pixelcam.models.cams import compute_maps
 from pixelcam.report import row_label
-from pixelcam.runs import PlannedRun, data_paths, get_or_train, model_for, planning
+from pixelcam.runs import (
+    DATA_KEYS,
+    PlannedRun,
+    data_paths,
+    get_or_train,
+    model_for,
+    planning,
+)
 from pixelcam.train import OBJECTIVES, make_optimizer
 
 CPU_BATCH = 2  # images per timed step on a CPU (scaled to the run's batch)
@@ -112,6 +118,10 @@ def split_sizes(cfg: Config) -> dict[str, int]:
                 "valpx": 2 * cfg.synthetic_n_valpx_per_class, "test": cfg.synthetic_n_test}
     _, fold = data_paths(cfg)
     return {split: len(read_split(fold, split)) for split in ("train", "valcl", "valpx", "test")}
+
+
+def _architecture(cfg: Config) -> str:
+    return "DeiT-Tiny" if cfg.method == "sat" else cfg.backbone
 
 
 def _map_method(kind: str, cfg: Config) -> str:
@@ -190,23 +200,15 @@ def estimate_seconds(training: PlannedTraining, timing: Timing) -> float:
 def notebook_configs(profile: str, root: Path, notebooks: Iterable[str],
                      overrides: Mapping[str, Any] | None = None) -> dict[str, Config]:
     """Each notebook's params as its kernel loads them (the file, then the overrides)."""
-    out = {}
-    for name in notebooks:
-        path = root / "params" / profile / f"{name}.yaml"
-        if not path.is_file():
-            raise ConfigError(f"params file {path} does not exist: add it for {name}")
-        try:
-            params = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-        out[name] = load_config(None, {**params, **(overrides or {})})
-    return out
+    return {name: load_config(root / "params" / profile / f"{name}.yaml", overrides)
+            for name in notebooks}
 
 
 def plan_trainings(configs: Mapping[str, Config]) -> list[PlannedTraining]:
     """Every training the notebooks need, once each, in the order a full run trains them."""
     out: list[PlannedTraining] = []
     seen: set[Path] = set()
+    sizes: dict[tuple, dict[str, int]] = {}  # per data: reading a CAMELYON16 fold takes a while
     for name, cfg in configs.items():
         if name not in NOTEBOOK_RUNS:
             raise ConfigError(f"notebook {name} has no entry in pixelcam.plan.NOTEBOOK_RUNS: "
@@ -216,8 +218,10 @@ def plan_trainings(configs: Mapping[str, Config]) -> list[PlannedTraining]:
         for run_dir, run in planned.items():
             if run_dir not in seen:
                 seen.add(run_dir)
-                out.append(PlannedTraining(name, run, split_sizes(run.config),
-                                           _variant(run, cfg)))
+                data = tuple(getattr(run.config, k) for k in DATA_KEYS)
+                if data not in sizes:
+                    sizes[data] = split_sizes(run.config)
+                out.append(PlannedTraining(name, run, sizes[data], _variant(run, cfg)))
     return out
 
 
@@ -239,9 +243,9 @@ def estimate(trainings: list[PlannedTraining], device: torch.device,
             continue
         sig = _signature(t.run.kind, t.run.config)
         if sig not in timings:
-            arch = "DeiT-Tiny" if t.run.config.method == "sat" else t.run.config.backbone
-            log(f"timing {t.label} ({arch}, {t.run.config.image_size} px, batch "
-                f"{t.run.config.batch_size}, {t.run.config.dataset}) on {device.type}")
+            cfg = t.run.config
+            log(f"timing {t.label} ({_architecture(cfg)}, {cfg.image_size} px, batch "
+                f"{cfg.batch_size}, {cfg.dataset}) on {device.type}")
             timings[sig] = time_model(t.run.kind, t.run.config, device)
         t.estimate_s = estimate_seconds(t, timings[sig])
     return timings
@@ -260,8 +264,8 @@ def format_plan(trainings: list[PlannedTraining], notebooks: list[str], device: 
              f"{'epochs':>6s} {'img/ep':>6s} {'status':>8s} {'estimate':>10s}  variant"]
     for t in trainings:
         cfg = t.run.config
-        backbone = "DeiT-Tiny" if cfg.method == "sat" else cfg.backbone
-        lines.append(f"{t.notebook:28s} {t.label:22s} {cfg.dataset:10s} {backbone:15s} "
+        lines.append(f"{t.notebook:28s} {t.label:22s} {cfg.dataset:10s} "
+                     f"{_architecture(cfg):15s} "
                      f"{cfg.seed:4d} {t.run.epochs:6d} {t.sizes['train']:6d} "
                      f"{'cached' if t.run.cached else 'to train':>8s} "
                      f"{'-' if t.run.cached else _hours(t.estimate_s):>10s}  {t.variant}")

@@ -22,6 +22,7 @@ from pixelcam.atomic import write_json
 
 ENV = "PIXELCAM_PROGRESS"
 _sink: Callable[[str], None] | None = None  # None: stdout
+_sink_handle: TextIO | None = None  # the file behind _sink
 _trainings = 0  # trainings started in this process
 
 
@@ -34,20 +35,14 @@ def note(message: str) -> None:
 
 
 def log_to(path: str | Path | None) -> None:
-    """Send `note` to the end of this file (None: back to stdout)."""
-    global _sink
-    if path is None:
-        _sink = None
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle: TextIO = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept for the process
-
-    def write(message: str) -> None:
-        handle.write(message + "\n")
-        handle.flush()
-
-    _sink = write
+    """Send `note` to the end of this file (None: back to stdout); closes the previous one, so
+    rerunning a notebook's start cell keeps one file open."""
+    global _sink, _sink_handle
+    if _sink_handle is not None:
+        _sink_handle.close()
+    _sink = _sink_handle = None
+    if path is not None:
+        _sink, _sink_handle = file_log(Path(path), also=lambda message: None)
 
 
 def file_log(path: Path, also: Callable[[str], None]) -> tuple[Callable[[str], None], TextIO]:

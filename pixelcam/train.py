@@ -458,77 +458,66 @@ def fit(model: WSOLModel, cfg: Config, phase: PhaseSpec, *, train_ds: Dataset, v
 
     t0 = time.perf_counter()
     with _SigtermFlag() as sigterm:
-        _epochs(model, net, cfg, phase, result, best_score, start_epoch, loader, valcl, valpx,
-                opt, sched, gen, device, state_path, ckpt_dir, sigterm, log, on_epoch)
+        pending: dict[str, dict[str, torch.Tensor]] = {}  # best weights not on disk yet
+        last_write = _clock()
+        for epoch in range(start_epoch, phase.epochs + 1):
+            clock: dict[str, float] = {"epoch": epoch, "data_s": 0.0, "step_s": 0.0}
+            row: dict[str, Any] = {"epoch": epoch, "lr": opt.param_groups[0]["lr"]}
+            if epoch > 0:
+                if isinstance(loader.batch_sampler, FilledBatchSampler):
+                    # the torchrun order; unused with a generator
+                    loader.batch_sampler.set_epoch(epoch)
+                row.update(_train_epoch(net, loader, opt, cfg, phase, device, gen, clock))
+                sched.step()
+            tick = time.perf_counter()
+            row.update(_validate(model, valcl, valpx, phase, device))
+            result.history.append(row)
+            snapshot = None
+            for name, key in (("b-loc", "valpx_pxap"), ("b-cl", "valcl_accuracy")):
+                score = row["valpx_pxap"] if not phase.classifies else row[key]
+                if score >= best_score[name]:  # ties go to the latest epoch
+                    best_score[name] = score
+                    result.best[name] = epoch
+                    if main:
+                        if snapshot is None:
+                            snapshot = _cpu_copy(model.state_dict())
+                        pending[name] = snapshot
+            clock["val_s"] = time.perf_counter() - tick
+            losses = " ".join(f"{k} {v:.3f}" for k, v in row.items() if k.startswith("loss_"))
+            log(f"[{phase.name}] epoch {epoch:3d}/{phase.epochs} {losses} "
+                f"valcl acc {row['valcl_accuracy']:.1f} valpx PxAP {row['valpx_pxap']:.1f}")
+            tick = time.perf_counter()
+            due = epoch == phase.epochs or _clock() - last_write >= cfg.state_every_s
+            stop = sigterm.requested
+            if world > 1:  # rank 0 decides, so that every rank joins the same collectives
+                due, stop = distributed.broadcast((due, stop))
+            if due or stop:
+                rngs = _rng_states(gen, loader)
+                ranks = distributed.gather(rngs) if world > 1 else None
+                if main:
+                    for name, weights in pending.items():  # before the state that names their epoch
+                        save_torch(weights, ckpt_dir / f"{name}.pt")
+                    state = {
+                        "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "history": result.history,
+                        "best": result.best, "best_score": best_score, **rngs,
+                    }
+                    if ranks is not None:
+                        state["ranks"] = ranks
+                    save_torch(state, state_path)
+                pending.clear()
+                last_write = _clock()
+            clock["state_s"] = time.perf_counter() - tick
+            result.timings.append(clock)
+            if on_epoch is not None:
+                on_epoch(epoch, phase.epochs)
+            if stop:
+                sigterm.acted = True
+                raise TrainingInterrupted(
+                    f"[{phase.name}] stopped by SIGTERM after epoch {epoch}/{phase.epochs}; the "
+                    f"resume state is written: run the same command again to go on from there")
     result.seconds = time.perf_counter() - t0
     if main:
         write_json(out_dir / "history.json", {"history": result.history, "best": result.best})
     distributed.barrier()  # the checkpoints exist before any rank goes on to read them
     return result
-
-
-def _epochs(model: WSOLModel, net: torch.nn.Module, cfg: Config, phase: PhaseSpec,
-            result: FitResult, best_score: dict[str, float], start_epoch: int,
-            loader: DataLoader, valcl: DataLoader, valpx: DataLoader, opt: torch.optim.Optimizer,
-            sched: Any, gen: torch.Generator, device: torch.device, state_path: Path,
-            ckpt_dir: Path, sigterm: _SigtermFlag, log: Callable[[str], None],
-            on_epoch: Callable[[int, int], None] | None = None) -> None:
-    """Train and validate epochs start_epoch..phase.epochs; write the state on its cadence."""
-    world, main = distributed.world_size(), distributed.is_main()
-    pending: dict[str, dict[str, torch.Tensor]] = {}  # best weights not on disk yet
-    last_write = _clock()
-    for epoch in range(start_epoch, phase.epochs + 1):
-        clock: dict[str, float] = {"epoch": epoch, "data_s": 0.0, "step_s": 0.0}
-        row: dict[str, Any] = {"epoch": epoch, "lr": opt.param_groups[0]["lr"]}
-        if epoch > 0:
-            if isinstance(loader.batch_sampler, FilledBatchSampler):
-                loader.batch_sampler.set_epoch(epoch)  # the torchrun order; unused with a generator
-            row.update(_train_epoch(net, loader, opt, cfg, phase, device, gen, clock))
-            sched.step()
-        tick = time.perf_counter()
-        row.update(_validate(model, valcl, valpx, phase, device))
-        result.history.append(row)
-        snapshot = None
-        for name, key in (("b-loc", "valpx_pxap"), ("b-cl", "valcl_accuracy")):
-            score = row["valpx_pxap"] if not phase.classifies else row[key]
-            if score >= best_score[name]:  # ties go to the latest epoch
-                best_score[name] = score
-                result.best[name] = epoch
-                if main:
-                    if snapshot is None:
-                        snapshot = _cpu_copy(model.state_dict())
-                    pending[name] = snapshot
-        clock["val_s"] = time.perf_counter() - tick
-        losses = " ".join(f"{k} {v:.3f}" for k, v in row.items() if k.startswith("loss_"))
-        log(f"[{phase.name}] epoch {epoch:3d}/{phase.epochs} {losses} "
-            f"valcl acc {row['valcl_accuracy']:.1f} valpx PxAP {row['valpx_pxap']:.1f}")
-        tick = time.perf_counter()
-        due = epoch == phase.epochs or _clock() - last_write >= cfg.state_every_s
-        stop = sigterm.requested
-        if world > 1:  # rank 0 decides, so that every rank joins the same collectives
-            due, stop = distributed.broadcast((due, stop))
-        if due or stop:
-            rngs = _rng_states(gen, loader)
-            ranks = distributed.gather(rngs) if world > 1 else None
-            if main:
-                for name, weights in pending.items():  # before the state that names their epoch
-                    save_torch(weights, ckpt_dir / f"{name}.pt")
-                state = {
-                    "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "history": result.history,
-                    "best": result.best, "best_score": best_score, **rngs,
-                }
-                if ranks is not None:
-                    state["ranks"] = ranks
-                save_torch(state, state_path)
-            pending.clear()
-            last_write = _clock()
-        clock["state_s"] = time.perf_counter() - tick
-        result.timings.append(clock)
-        if on_epoch is not None:
-            on_epoch(epoch, phase.epochs)
-        if stop:
-            sigterm.acted = True
-            raise TrainingInterrupted(
-                f"[{phase.name}] stopped by SIGTERM after epoch {epoch}/{phase.epochs}; the "
-                f"resume state is written: run the same command again to go on from there")
