@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,8 +42,30 @@ def write_json(path: str | Path, obj: Any) -> None:
 def save_torch(obj: Any, path: str | Path) -> None:
     import torch
 
+    path = Path(path)
+    with _aside(path) as tmp:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:  # torch reports a full disk as "unexpected pos A vs B"
+            raise OSError(f"torch.save failed ({str(exc).strip()}) with "
+                          f"{_free_mb(path.parent):,} MB free on that disk") from None
+
+
+def link_over(source: str | Path, path: str | Path) -> None:
+    """Make `path` the same file as `source` (a hard link; a copy where links are refused), so
+    that two names for identical weights take the disk space of one."""
     with _aside(Path(path)) as tmp:
-        torch.save(obj, tmp)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+
+def _free_mb(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free // 2**20
+    except OSError:
+        return -1
 
 
 def ensure_writable(folder: str | Path) -> Path:

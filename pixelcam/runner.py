@@ -259,6 +259,9 @@ def run_reports(profile: str, root: Path, only: list[str] | None = None,
         overrides.update(_preflight_overrides(params_files, overrides, root, label, log))
     if shard_spec:
         log(f"shard {shard_spec}: {', '.join(nb.stem for nb in notebooks) or 'no notebook'}")
+    needed_later = (_runs_needed_later(profile, root, [nb.stem for nb in notebooks], overrides)
+                    if preflight else None)
+    freed = 0
     t0 = time.perf_counter()
     results = []
     for i, nb in enumerate(notebooks, 1):
@@ -269,6 +272,11 @@ def run_reports(profile: str, root: Path, only: list[str] | None = None,
                                     trainings=_trainings_to_run(profile, root, nb.stem,
                                                                 overrides)))
         log(f"[{position} {nb.stem}] {results[-1].status} in {results[-1].seconds:.0f} s")
+        if preflight and (i == len(notebooks) or needed_later is not None):
+            from pixelcam.preflight import prune_checkpoints
+
+            keep = needed_later[i - 1] if needed_later is not None else set()
+            freed += prune_checkpoints(Path(overrides["cache_dir"]), keep)
     index = write_index(out_dir, read_statuses(out_dir, [nb.stem for nb in everything]),
                         label)
     failed = [r for r in results if r.status != "ok"]
@@ -280,7 +288,8 @@ def run_reports(profile: str, root: Path, only: list[str] | None = None,
         verdict = (f"{len(failed)} failed: fix them before the full run" if failed
                    else f"the {profile} profile runs end to end on this data")
         log(f"preflight: {len(results) - len(failed)}/{len(results)} notebooks ok in "
-            f"{(time.perf_counter() - t0) / 60:.1f} min; {verdict}")
+            f"{(time.perf_counter() - t0) / 60:.1f} min; {verdict} ({freed / 2**30:.1f} GB of "
+            "its checkpoints deleted as each run's last notebook finished)")
     return 1 if failed else 0
 
 
@@ -296,6 +305,21 @@ def _trainings_to_run(profile: str, root: Path, name: str,
     except Exception:  # noqa: BLE001 - the progress line only loses its ETA
         return None
     return sum(not t.run.cached for t in planned)
+
+
+def _runs_needed_later(profile: str, root: Path, names: list[str],
+                       overrides: Mapping[str, Any]) -> list[set[Path]] | None:
+    """For each notebook, the run folders that the notebooks after it use (the plan); None when
+    the params cannot be planned (every checkpoint then stays until the last notebook)."""
+    from pixelcam.plan import notebook_configs, plan_trainings
+
+    try:
+        with contextlib.chdir(root):
+            uses = [{t.run.dir.resolve() for t in plan_trainings(
+                notebook_configs(profile, root, [name], overrides))} for name in names]
+    except Exception:  # noqa: BLE001 - only the early deletion is lost
+        return None
+    return [set().union(*uses[i + 1:]) for i in range(len(names))]
 
 
 def _check_weights(params_files: Mapping[str, Path], overrides: Mapping[str, Any],
@@ -320,7 +344,7 @@ def _preflight_overrides(params_files: Mapping[str, Path], overrides: Mapping[st
     """Subset folds and 1-epoch settings, in `<root>/.cache/<profile>-preflight` (emptied first)."""
     from pixelcam import preflight
 
-    work = root / ".cache" / label
+    work = (root / ".cache" / label).resolve()  # the kernels run in root: one absolute path
     try:
         extra = preflight.prepare(params_files, overrides, work)
     except yaml.YAMLError as exc:

@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pixelcam import distributed
-from pixelcam.atomic import read_back, save_torch, write_json
+from pixelcam.atomic import link_over, read_back, save_torch, write_json
 from pixelcam.config import Config
 from pixelcam.data.dataset import preload_within
 from pixelcam.errors import TrainingInterrupted
@@ -401,6 +401,18 @@ def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
+def _save_best(pending: dict[str, dict[str, torch.Tensor]], ckpt_dir: Path) -> None:
+    """Write the pending B-LOC/B-CL weights; when both chose the same epoch, one file, two names."""
+    written: dict[int, Path] = {}
+    for name, weights in pending.items():
+        path = ckpt_dir / f"{name}.pt"
+        if id(weights) in written:
+            link_over(written[id(weights)], path)
+        else:
+            save_torch(weights, path)
+            written[id(weights)] = path
+
+
 def fit(model: WSOLModel, cfg: Config, phase: PhaseSpec, *, train_ds: Dataset, valcl_ds: Dataset,
         valpx_ds: Dataset, out_dir: Path, device: torch.device,
         log: Callable[[str], None] = print,
@@ -495,8 +507,7 @@ def fit(model: WSOLModel, cfg: Config, phase: PhaseSpec, *, train_ds: Dataset, v
                 rngs = _rng_states(gen, loader)
                 ranks = distributed.gather(rngs) if world > 1 else None
                 if main:
-                    for name, weights in pending.items():  # before the state that names their epoch
-                        save_torch(weights, ckpt_dir / f"{name}.pt")
+                    _save_best(pending, ckpt_dir)  # before the state that names their epoch
                     state = {
                         "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
                         "scheduler": sched.state_dict(), "history": result.history,

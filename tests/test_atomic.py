@@ -4,8 +4,9 @@ import errno
 import os
 
 import pytest
+import torch
 
-from pixelcam.atomic import ensure_writable, save_torch, write_json, write_text
+from pixelcam.atomic import ensure_writable, link_over, save_torch, write_json, write_text
 from pixelcam.errors import OutputError
 from pixelcam.runner import run_reports
 
@@ -31,6 +32,39 @@ def test_disk_full_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
         write_text(target, "new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_torch_save_on_a_full_disk_names_the_file_and_the_free_space(tmp_path, monkeypatch):
+    target = tmp_path / "b-loc.pt"
+    save_torch({"w": torch.ones(2)}, target)
+
+    def full(_obj, _path):  # what torch.save raises when the disk fills up mid-write
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1 vs 0")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OutputError, match=r"cannot write .*b-loc.pt: torch.save failed "
+                                          r"\(.*unexpected pos.*\) with [\d,]+ MB free on that "
+                                          r"disk; free disk space"):
+        save_torch({"w": torch.zeros(2)}, target)
+    assert torch.equal(torch.load(target)["w"], torch.ones(2))  # the old file is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["b-loc.pt"]
+
+
+def test_link_over_shares_one_file_and_copies_where_links_are_refused(tmp_path, monkeypatch):
+    source = tmp_path / "b-cl.pt"
+    save_torch({"w": torch.arange(3)}, source)
+    write_text(tmp_path / "b-loc.pt", "an older checkpoint")
+    link_over(source, tmp_path / "b-loc.pt")
+    assert (tmp_path / "b-loc.pt").samefile(source)
+
+    def refused(*_args):
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(os, "link", refused)
+    link_over(source, tmp_path / "copy.pt")
+    assert not (tmp_path / "copy.pt").samefile(source)
+    assert torch.equal(torch.load(tmp_path / "copy.pt")["w"], torch.arange(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b-cl.pt", "b-loc.pt", "copy.pt"]
 
 
 def test_unwritable_outputs_fail_before_any_work(tmp_path):

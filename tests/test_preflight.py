@@ -86,3 +86,37 @@ def test_stain_levels_fit_the_smallest_train_subset(roots, tmp_path, monkeypatch
     extra = preflight.prepare({"03": PAPER / "03_stain_shift.yaml"}, {"device": "cpu"},
                               tmp_path / "work", per_class=1)
     assert extra["stain_levels"] == 2  # one train image per class: two stain fits at most
+
+
+def test_runs_leave_the_disk_once_no_later_notebook_uses_them(roots, tmp_path, monkeypatch):
+    from pixelcam.plan import notebook_configs, plan_trainings
+    from pixelcam.runner import _runs_needed_later
+
+    monkeypatch.setenv("PIXELCAM_GLAS_ROOT", str(roots["glas"]))
+    monkeypatch.setenv("PIXELCAM_CAMELYON16_ROOT", str(roots["camelyon16"]))
+    names = ["01_main_tables", "07_ablation_model_selection", "06_ablation_lambda"]
+    extra = preflight.prepare({n: PAPER / f"{n}.yaml" for n in names}, {"device": "cpu"},
+                              tmp_path / "work")
+    root = PAPER.parents[1]
+    later = _runs_needed_later("paper", root, names, extra)
+    uses = [{t.run.dir for t in plan_trainings(notebook_configs("paper", root, [n], extra))}
+            for n in names]
+    assert later == [uses[1] | uses[2], uses[2], set()]
+    assert uses[0] & later[0] and uses[0] - later[0]  # 01 shares some runs, not all of them
+
+
+def test_pruning_deletes_weights_outside_keep_and_counts_shared_files_once(tmp_path):
+    runs = tmp_path / "cache" / "runs"
+    for run in ("baseline-a", "pixelcam-b"):
+        ckpt = runs / run / "checkpoints"
+        ckpt.mkdir(parents=True)
+        (ckpt / "b-loc.pt").write_bytes(b"x" * 1000)
+        (ckpt / "b-cl.pt").hardlink_to(ckpt / "b-loc.pt")
+        (runs / run / "results.json").write_text("{}")
+    (runs / "pixelcam-b" / "state.pt").write_bytes(b"s" * 10)
+    freed = preflight.prune_checkpoints(tmp_path / "cache", keep={runs / "baseline-a"})
+    assert freed == 1010
+    assert sorted(p.name for p in (runs / "pixelcam-b").rglob("*")) == ["checkpoints",
+                                                                         "results.json"]
+    assert len(list((runs / "baseline-a" / "checkpoints").iterdir())) == 2
+    assert preflight.prune_checkpoints(tmp_path / "cache") == 1000

@@ -216,6 +216,7 @@ def test_state_is_written_on_its_time_cadence_and_after_the_last_epoch(trained, 
         return real_save(obj, path)
 
     monkeypatch.setattr(train_module, "save_torch", spy)
+    monkeypatch.setattr(train_module, "link_over", lambda source, path: spy(None, path))
     every = fit(new_model(cfg, pixel=False), cfg.replace(state_every_s=60.0),
                 PhaseSpec("baseline", "layercam", 6), out_dir=tmp_path / "cadence", **kw)
     states = [epoch for name, epoch in writes if name == "state.pt"]
@@ -237,6 +238,20 @@ def test_state_is_written_on_its_time_cadence_and_after_the_last_epoch(trained, 
         a = torch.load(tmp_path / "cadence" / "checkpoints" / f"{name}.pt")
         b = torch.load(tmp_path / "every" / "checkpoints" / f"{name}.pt")
         assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_best_weights_of_one_epoch_are_one_file(tmp_path):
+    from pixelcam.train import _save_best
+
+    first, second = {"w": torch.ones(2)}, {"w": torch.zeros(2)}
+    _save_best({"b-loc": first, "b-cl": first}, tmp_path)
+    assert (tmp_path / "b-loc.pt").samefile(tmp_path / "b-cl.pt")
+    _save_best({"b-loc": second}, tmp_path)  # B-LOC moves on: B-CL keeps the old weights
+    assert torch.equal(torch.load(tmp_path / "b-loc.pt")["w"], torch.zeros(2))
+    assert torch.equal(torch.load(tmp_path / "b-cl.pt")["w"], torch.ones(2))
+    _save_best({"b-loc": first, "b-cl": second}, tmp_path)
+    assert not (tmp_path / "b-loc.pt").samefile(tmp_path / "b-cl.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b-cl.pt", "b-loc.pt"]
 
 
 def test_image_cache_never_changes_the_numbers(trained, tmp_path):
