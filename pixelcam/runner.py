@@ -293,32 +293,36 @@ def run_reports(profile: str, root: Path, only: list[str] | None = None,
     return 1 if failed else 0
 
 
-def _trainings_to_run(profile: str, root: Path, name: str,
-                      overrides: Mapping[str, Any]) -> int | None:
-    """How many runs the notebook will train (the plan, now: earlier notebooks' runs count as
+def _planned(profile: str, root: Path, name: str, overrides: Mapping[str, Any]) -> list | None:
+    """The plan's trainings of one notebook, as of now (earlier notebooks' runs count as
     cached); None when its params cannot be planned (the notebook then reports why)."""
     from pixelcam.plan import notebook_configs, plan_trainings
 
     try:
         with contextlib.chdir(root):
-            planned = plan_trainings(notebook_configs(profile, root, [name], overrides))
-    except Exception:  # noqa: BLE001 - the progress line only loses its ETA
+            return plan_trainings(notebook_configs(profile, root, [name], overrides))
+    except Exception:  # noqa: BLE001 - callers lose only a courtesy (an ETA, an early delete)
         return None
-    return sum(not t.run.cached for t in planned)
+
+
+def _trainings_to_run(profile: str, root: Path, name: str,
+                      overrides: Mapping[str, Any]) -> int | None:
+    """How many runs the notebook will train; None when it cannot be planned."""
+    planned = _planned(profile, root, name, overrides)
+    return None if planned is None else sum(not t.run.cached for t in planned)
 
 
 def _runs_needed_later(profile: str, root: Path, names: list[str],
                        overrides: Mapping[str, Any]) -> list[set[Path]] | None:
-    """For each notebook, the run folders that the notebooks after it use (the plan); None when
-    the params cannot be planned (every checkpoint then stays until the last notebook)."""
-    from pixelcam.plan import notebook_configs, plan_trainings
-
-    try:
-        with contextlib.chdir(root):
-            uses = [{t.run.dir.resolve() for t in plan_trainings(
-                notebook_configs(profile, root, [name], overrides))} for name in names]
-    except Exception:  # noqa: BLE001 - only the early deletion is lost
-        return None
+    """For each notebook, the run folders that the notebooks after it use; None when one
+    cannot be planned (every checkpoint then stays until the last notebook)."""
+    uses = []
+    for name in names:
+        planned = _planned(profile, root, name, overrides)
+        if planned is None:
+            return None
+        with contextlib.chdir(root):  # a relative cache_dir means the kernels' folder
+            uses.append({t.run.dir.resolve() for t in planned})
     return [set().union(*uses[i + 1:]) for i in range(len(names))]
 
 
