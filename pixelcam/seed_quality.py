@@ -16,7 +16,7 @@ from pixelcam.config import Config
 from pixelcam.runs import Run, dataset, store_cams
 from pixelcam.train import configured_seeds
 
-__all__ = ["draw_seeds", "seed_precision", "seed_precision_table", "seed_grid"]
+__all__ = ["cam_precision", "draw_seeds", "seed_precision", "seed_precision_table", "seed_grid"]
 
 
 def draw_seeds(baseline: Run, cfg: Config, split: str = "train",
@@ -58,6 +58,39 @@ def seed_precision(drawn: list[dict]) -> dict[str, float]:
             "object pixels %": _mask_share(drawn)}
 
 
+def cam_precision(drawn: list[dict], top: tuple[float, ...] = (0.01, 0.05),
+                  bottom: float = 0.2) -> dict[str, float]:
+    """How much the CAM itself knows, whatever the seeder: the share of object pixels among each
+    image's highest-CAM `top` fraction, and of non-object pixels among its lowest `bottom`
+    fraction (PB's BG region when bottom = min_p), pooled over the images with masks.
+
+    When even the top 1% sits on objects at about chance, no seeder can draw good FG seeds from
+    this CAM; the fix is a better CAM, not a sharper sampler. Ties keep raster order (a stable
+    sort), as in the seeders' lowest-CAM region.
+    """
+    pairs = [(d["cam"], d["mask"]) for d in drawn if d["mask"] is not None]
+    names = [f"top {_percent(q)} CAM on objects %" for q in top]
+    names.append(f"bottom {_percent(bottom)} CAM off objects %")
+    if not pairs:
+        return dict.fromkeys(names, float("nan"))
+    cams = torch.stack([c for c, _ in pairs]).flatten(1).float()
+    masks = torch.stack([m for _, m in pairs]).flatten(1).bool()
+    hw = cams.shape[1]
+    on_by_rank = masks.gather(1, torch.sort(cams, dim=1, descending=True, stable=True).indices)
+    low_first = masks.gather(1, torch.sort(cams, dim=1, stable=True).indices)
+    out = {}
+    for name, q in zip(names, top):
+        k = max(1, int(q * hw))
+        out[name] = 100.0 * float(on_by_rank[:, :k].float().mean())
+    k = max(1, int(bottom * hw))
+    out[names[-1]] = 100.0 * float((~low_first[:, :k]).float().mean())
+    return out
+
+
+def _percent(q: float) -> str:
+    return f"{100 * q:g}%"
+
+
 def _mask_share(drawn: list[dict]) -> float:
     masks = [d["mask"] for d in drawn if d["mask"] is not None]
     if not masks:
@@ -68,11 +101,15 @@ def _mask_share(drawn: list[dict]) -> float:
 def seed_precision_table(baselines: dict[str, Run], cfg: Config) -> pd.DataFrame:
     """One row per baseline: how often its seeds land where they should on the train split.
 
-    `object pixels %` is the chance level of FG seeds (100 minus it, of BG seeds).
+    `object pixels %` is the chance level of FG seeds (100 minus it, of BG seeds). The `top`/
+    `bottom` columns score the CAM the seeds come from (`cam_precision`; bottom = the seeder's
+    lowest-CAM BG region: min_p for PB, th_min_p for TH).
     """
+    bottom = cfg.th_min_p if cfg.seeder == "th" else cfg.min_p
     rows = {}
     for label, run in baselines.items():
-        rows[label] = seed_precision(draw_seeds(run, _with_run_seed(run, cfg)))
+        drawn = draw_seeds(run, _with_run_seed(run, cfg))
+        rows[label] = {**seed_precision(drawn), **cam_precision(drawn, bottom=bottom)}
     return pd.DataFrame.from_dict(rows, orient="index").round(1)
 
 

@@ -36,7 +36,10 @@ def test_seeds_are_drawn_as_the_trainer_draws_them(tmp_path):
     matplotlib.use("Agg")
     from pixelcam.config import load_config
     from pixelcam.runs import get_baseline
-    from pixelcam.seed_quality import draw_seeds, seed_grid, seed_precision_table
+    from pixelcam.seed_quality import cam_precision, draw_seeds, seed_grid, seed_precision_table
+
+    def row_cam(table):
+        return {k: table.loc["LayerCAM", k] for k in table.columns if "CAM" in k}
 
     cfg = load_config(None, {
         "synthetic_n_train": 6, "synthetic_n_valcl": 4, "synthetic_n_test": 4,
@@ -56,9 +59,39 @@ def test_seeds_are_drawn_as_the_trainer_draws_them(tmp_path):
     assert all(torch.equal(a["seeds"], b["seeds"]) for a, b in zip(drawn, again))
     table = seed_precision_table({"LayerCAM": base}, cfg)
     assert list(table.columns) == ["FG seeds on objects %", "BG seeds off objects %",
-                                   "object pixels %"]
+                                   "object pixels %", "top 1% CAM on objects %",
+                                   "top 5% CAM on objects %", "bottom 20% CAM off objects %"]
+    assert row_cam(table) == {k: round(v, 1) for k, v in cam_precision(drawn).items()}
     row = table.loc["LayerCAM"]
     assert 0 <= row["FG seeds on objects %"] <= 100 and 0 < row["object pixels %"] < 100
     assert row["FG seeds on objects %"] == round(seed_precision(drawn)["FG seeds on objects %"], 1)
     fig = seed_grid({"LayerCAM": base}, cfg, per_class=1)
     assert len(fig.axes) == 2
+
+
+def test_cam_precision_scores_the_cams_top_and_bottom():
+    from pixelcam.seed_quality import cam_precision
+
+    # 10 pixels each; ranks by CAM, with a tie at the bottom of the first image
+    cam_a = torch.tensor([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.0, 0.0]])
+    mask_a = torch.tensor([[1, 0, 1, 1, 0, 0, 0, 0, 1, 0]])
+    cam_b = torch.tensor([[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0]])
+    mask_b = torch.tensor([[0, 0, 1, 0, 0, 0, 0, 0, 0, 1]])
+    drawn = [{"cam": cam_a, "mask": mask_a}, {"cam": cam_b, "mask": mask_b},
+             {"cam": cam_b, "mask": None}]  # no mask: not counted
+    out = cam_precision(drawn, top=(0.1, 0.3), bottom=0.2)
+    assert list(out) == ["top 10% CAM on objects %", "top 30% CAM on objects %",
+                         "bottom 20% CAM off objects %"]
+    # top 1 pixel: a's 0.9 (on), b's 1.0 (on) -> 2/2
+    assert out["top 10% CAM on objects %"] == 100.0
+    # top 3: a on, off, on; b on, off, off -> 3/6
+    assert out["top 30% CAM on objects %"] == 50.0
+    # bottom 2: a's tied zeros in raster order (index 8 on, 9 off); b's 0.0, 0.1 (both off) -> 3/4
+    assert out["bottom 20% CAM off objects %"] == 75.0
+
+
+def test_cam_precision_without_masks_is_nan():
+    from pixelcam.seed_quality import cam_precision
+
+    out = cam_precision([{"cam": torch.ones(2, 2), "mask": None}])
+    assert len(out) == 3 and all(math.isnan(v) for v in out.values())
