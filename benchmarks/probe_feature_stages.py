@@ -99,5 +99,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.split} PxAP {pxap:.1f} ({size} px)")
     return 0
 
+
 if __name__ == "__main__":
     raise SystemExit(main())

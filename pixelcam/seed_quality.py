@@ -14,7 +14,7 @@ import torch
 
 from pixelcam.config import Config
 from pixelcam.runs import Run, dataset, store_cams
-from pixelcam.train import configured_seeds
+from pixelcam.train import bg_region_share, configured_seeds
 
 __all__ = ["cam_precision", "draw_seeds", "seed_precision", "seed_precision_table", "seed_grid"]
 
@@ -103,9 +103,9 @@ def seed_precision_table(baselines: dict[str, Run], cfg: Config) -> pd.DataFrame
 
     `object pixels %` is the chance level of FG seeds (100 minus it, of BG seeds). The `top`/
     `bottom` columns score the CAM the seeds come from (`cam_precision`; bottom = the seeder's
-    lowest-CAM BG region: min_p for PB, th_min_p for TH).
+    lowest-CAM BG region, `bg_region_share`).
     """
-    bottom = cfg.th_min_p if cfg.seeder == "th" else cfg.min_p
+    bottom = bg_region_share(cfg)
     rows = {}
     for label, run in baselines.items():
         drawn = draw_seeds(run, _with_run_seed(run, cfg))

@@ -212,14 +212,19 @@ class FitResult:
         return {p: sum(t.get(p, 0.0) for t in self.timings) for p in parts}
 
 
+def bg_region_share(cfg: Config) -> float:
+    """The lowest-CAM share of pixels the configured seeder draws BG from: TH's `th_min_p`
+    (official sl_min_p), PB's `min_p`."""
+    return cfg.th_min_p if cfg.seeder == "th" else cfg.min_p
+
+
 def configured_seeds(cfg: Config, cams: torch.Tensor,
                      gen: torch.Generator) -> torch.Tensor:
-    """The configured seeder, as the trainer draws (pixelcam.seed_quality measures its draws);
-    TH's BG region is `th_min_p` (official sl_min_p), PB's `min_p`."""
+    """The configured seeder, as the trainer draws (pixelcam.seed_quality measures its draws)."""
     if cfg.seeder == "th":
-        return sample_seeds_th(cams, n_fg=cfg.n_fg, n_bg=cfg.n_bg, min_p=cfg.th_min_p,
+        return sample_seeds_th(cams, n_fg=cfg.n_fg, n_bg=cfg.n_bg, min_p=bg_region_share(cfg),
                                generator=gen)
-    return sample_seeds_pb(cams, n_fg=cfg.n_fg, n_bg=cfg.n_bg, min_p=cfg.min_p,
+    return sample_seeds_pb(cams, n_fg=cfg.n_fg, n_bg=cfg.n_bg, min_p=bg_region_share(cfg),
                            bg_mode=cfg.bg_mode, generator=gen)
 
 

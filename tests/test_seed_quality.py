@@ -95,3 +95,11 @@ def test_cam_precision_without_masks_is_nan():
 
     out = cam_precision([{"cam": torch.ones(2, 2), "mask": None}])
     assert len(out) == 3 and all(math.isnan(v) for v in out.values())
+
+
+def test_bg_region_share_follows_the_seeder():
+    from pixelcam.config import load_config
+    from pixelcam.train import bg_region_share
+
+    assert bg_region_share(load_config(None, {"seeder": "pb", "min_p": 0.2})) == 0.2
+    assert bg_region_share(load_config(None, {"seeder": "th", "th_min_p": 0.4})) == 0.4
