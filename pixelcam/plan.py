@@ -5,8 +5,9 @@ Each notebook's trainings come from the experiment functions the notebook itself
 (NOTEBOOK_RUNS), run inside `runs.planning()`: nothing trains, and every run is recorded once by
 its cache directory, so a run that several notebooks share (notebook 01's baselines, reused by
 the ablations) counts once, for the first notebook that needs it: the one that trains it in a
-full run. A test checks that the plan of the smoke profile names exactly the runs that its
-notebooks train.
+full run. A baseline that another baseline's training yields (`runs.shares_training`: GradCAM++
+and LayerCAM of one table) is listed as shared and costs nothing of its own. A test checks that
+the plan of the smoke profile names exactly the runs that its notebooks train.
 
 The cost of a training is estimated from one short timing per distinct model on the present
 device (untrained weights and random inputs of the run's sizes: the time does not depend on
@@ -239,7 +240,7 @@ def estimate(trainings: list[PlannedTraining], device: torch.device,
     """Time each distinct model the trainings to do need; fill in their estimates."""
     timings: dict[tuple, Timing] = {}
     for t in trainings:
-        if t.run.cached:
+        if not t.run.trains:
             continue
         sig = _signature(t.run.kind, t.run.config)
         if sig not in timings:
@@ -267,14 +268,17 @@ def format_plan(trainings: list[PlannedTraining], notebooks: list[str], device: 
         lines.append(f"{t.notebook:28s} {t.label:22s} {cfg.dataset:10s} "
                      f"{_architecture(cfg):15s} "
                      f"{cfg.seed:4d} {t.run.epochs:6d} {t.sizes['train']:6d} "
-                     f"{'cached' if t.run.cached else 'to train':>8s} "
-                     f"{'-' if t.run.cached else _hours(t.estimate_s):>10s}  {t.variant}")
-    todo = [t for t in trainings if not t.run.cached]
+                     f"{t.run.status:>8s} "
+                     f"{_hours(t.estimate_s) if t.run.trains else '-':>10s}  {t.variant}")
+    todo = [t for t in trainings if t.run.trains]
+    shared = sum(t.run.status == "shared" for t in trainings)
     total = sum(t.estimate_s for t in todo)
     where = (f"GPU ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
              else device.type.upper())
-    lines += ["", f"{profile} profile: {len(trainings)} trainings ({len(trainings) - len(todo)} "
-              f"in the cache, {len(todo)} to train): about {_hours(total)} on this {where}"]
+    cached = len(trainings) - len(todo) - shared
+    lines += ["", f"{profile} profile: {len(trainings)} runs ({cached} in the cache, {shared} "
+              f"shared with another run's training, {len(todo)} to train): about "
+              f"{_hours(total)} on this {where}"]
     if device.type != "cuda":
         lines.append("  timed on a CPU: run `--plan` on the GPU node for GPU-hours")
     lines.append("share of each notebook (the trainings it runs first; plan --shard with it):")

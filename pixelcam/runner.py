@@ -309,7 +309,7 @@ def _trainings_to_run(profile: str, root: Path, name: str,
                       overrides: Mapping[str, Any]) -> int | None:
     """How many runs the notebook will train; None when it cannot be planned."""
     planned = _planned(profile, root, name, overrides)
-    return None if planned is None else sum(not t.run.cached for t in planned)
+    return None if planned is None else sum(t.run.trains for t in planned)
 
 
 def _runs_needed_later(profile: str, root: Path, names: list[str],

@@ -3,7 +3,7 @@
 A baseline lives in `<cache_dir>/runs/baseline-<key>/`, the PixelCAM model trained on its CAMs in
 `<cache_dir>/runs/pixelcam-<key>/`. A run is complete only when its `results.json` exists; an
 interrupted run is resumed from its `state.pt`, and a file lock keeps two processes from training
-the same run twice.
+the same run twice. One training may write several baseline runs (`shares_training`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pixelcam import distributed
-from pixelcam.atomic import read_back, save_torch, write_json
+from pixelcam.atomic import link_over, read_back, save_torch, write_json
 from pixelcam.config import Config, baseline_key, load_config, negev_key, pixelcam_key, unet_key
 from pixelcam.data.dataset import WSOLDataset
 from pixelcam.data.synthetic import SyntheticSpec, ensure_dataset
@@ -202,7 +203,8 @@ def _evaluate_checkpoints(run_dir: Path, cfg: Config, kind: str, map_method: str
 
 def _train_run(kind: str, key: str, run_dir: Path, cfg: Config, phase: PhaseSpec,
                model: WSOLModel, train_ds: WSOLDataset, log: Log,
-               extra: dict[str, Any] | None = None) -> Run:
+               extra: dict[str, Any] | None = None,
+               siblings: tuple[Config, ...] = ()) -> Run:
     from pixelcam.report import row_label  # report imports this module
 
     device = distributed.init(resolve_device(cfg.device))
@@ -220,11 +222,16 @@ def _train_run(kind: str, key: str, run_dir: Path, cfg: Config, phase: PhaseSpec
     if not distributed.is_main():  # rank 0 evaluates and writes results.json; the others wait
         distributed.barrier()
         return Run(kind, key, run_dir, read_back(run_dir / "results.json"), reused=False)
+    for sibling in siblings:
+        if f"b-loc@{sibling.map_method}" in fitted.best:
+            _write_sibling(run_dir, key, sibling, fitted, device, started, log)
+    own_best = {k: v for k, v in fitted.best.items() if "@" not in k}
+    history = [{k: v for k, v in row.items() if "@" not in k} for row in fitted.history]
     t_eval = time.perf_counter()
     test = _evaluate_checkpoints(run_dir, cfg, kind, phase.map_method, device)
     results = {
         "kind": kind, "key": key, "map_method": phase.map_method, "config": cfg.to_dict(),
-        "best_epoch": fitted.best, "history": fitted.history, "test": test,
+        "best_epoch": own_best, "history": history, "test": test,
         "durations": {"train_s": fitted.seconds, "eval_s": time.perf_counter() - t_eval,
                       **fitted.time_split()},
         "resumed_from": fitted.resumed_from, **(extra or {}),
@@ -236,6 +243,39 @@ def _train_run(kind: str, key: str, run_dir: Path, cfg: Config, phase: PhaseSpec
     (run_dir / "state.pt").unlink(missing_ok=True)
     distributed.barrier()
     return Run(kind, key, run_dir, results, reused=False)
+
+
+def _write_sibling(run_dir: Path, key: str, cfg: Config, fitted: Any, device: torch.device,
+                   started: float, log: Log) -> None:
+    """Make the finished baseline run of `cfg` from a training it shared (see `shares_training`):
+    its B-LOC by its own map, the common B-CL, its own valpx curve; then its test evaluation."""
+    sib_dir = Path(cfg.cache_dir) / "runs" / f"baseline-{baseline_key(cfg)}"
+    with _locked(sib_dir):
+        if (sib_dir / "results.json").exists():  # trained meanwhile by another process
+            (run_dir / "checkpoints" / f"b-loc@{cfg.map_method}.pt").unlink(missing_ok=True)
+            return
+        log(f"[baseline] {cfg.method} shares this training; its run is {sib_dir}")
+        ckpt = sib_dir / "checkpoints"
+        ckpt.mkdir(exist_ok=True)
+        os.replace(run_dir / "checkpoints" / f"b-loc@{cfg.map_method}.pt", ckpt / "b-loc.pt")
+        link_over(run_dir / "checkpoints" / "b-cl.pt", ckpt / "b-cl.pt")
+        own = f"valpx_pxap@{cfg.map_method}"
+        history = [{**{k: v for k, v in row.items() if "@" not in k}, "valpx_pxap": row[own]}
+                   for row in fitted.history]
+        best = {"b-loc": fitted.best[f"b-loc@{cfg.map_method}"], "b-cl": fitted.best["b-cl"]}
+        write_json(sib_dir / "history.json", {"history": history, "best": best})
+        (sib_dir / TRAIN_LOG).write_text(f"trained together with {run_dir} (same network, "
+                                         f"same steps); B-LOC by {cfg.map_method} on valpx\n")
+        t_eval = time.perf_counter()
+        test = _evaluate_checkpoints(sib_dir, cfg, "baseline", cfg.map_method, device)
+        write_json(sib_dir / "results.json", {
+            "kind": "baseline", "key": baseline_key(cfg), "map_method": cfg.map_method,
+            "config": cfg.to_dict(), "best_epoch": best, "history": history, "test": test,
+            "durations": {"train_s": fitted.seconds, "eval_s": time.perf_counter() - t_eval,
+                          **fitted.time_split()},
+            "resumed_from": fitted.resumed_from, "trained_with": key,
+            "provenance": provenance(cfg, device, started=started),
+        })
 
 
 def _load_complete(kind: str, key: str, run_dir: Path, log: Log) -> Run | None:
@@ -256,6 +296,16 @@ class PlannedRun:
     config: Config
     epochs: int
     cached: bool  # a finished run of this key is in the cache: it would be reused
+    shared_with: Path | None = None  # made by the training of that run (see shares_training)
+
+    @property
+    def status(self) -> str:
+        """cached (reused), shared (comes with another run's training) or to train."""
+        return "cached" if self.cached else "shared" if self.shared_with else "to train"
+
+    @property
+    def trains(self) -> bool:
+        return self.status == "to train"
 
 
 _planned: ContextVar[dict[Path, PlannedRun] | None] = ContextVar("planned", default=None)
@@ -280,7 +330,7 @@ def _cached(kind: str, key: str, cfg: Config, log: Log, train: Callable[[Path], 
     Under torchrun rank 0 looks and every rank follows its answer, so all ranks reuse or all
     train together (each rank checking for itself could split them and hang the collectives).
     """
-    run_dir = Path(cfg.cache_dir) / "runs" / f"{kind}-{key}"
+    run_dir = _run_dir(kind, key, cfg)
     plan = _planned.get()
     if plan is not None:
         done = (run_dir / "results.json").exists()
@@ -301,18 +351,52 @@ def _cached(kind: str, key: str, cfg: Config, log: Log, train: Callable[[Path], 
         return train(run_dir)
 
 
+# Baselines whose training is the same (the WGAP net, image cross-entropy) and whose runs differ
+# only in the map that picks B-LOC: one training serves all of them (see `get_baseline`).
+SHARED_TRAINING = frozenset({"cam", "gradcampp", "layercam"})
+
+
+def shares_training(cfg: Config) -> tuple[Config, ...]:
+    """The other baselines of cfg's table (`table_methods`) that one training of cfg's baseline
+    also yields: same network, same steps, bitwise the same weights at every epoch, so their
+    B-LOC is selected by their own maps in the same training and their runs written with it."""
+    if cfg.method not in SHARED_TRAINING:
+        return ()
+    others = [m for m in dict.fromkeys(cfg.methods) if m in SHARED_TRAINING and m != cfg.method]
+    return tuple(cfg.replace(method=m) for m in others)
+
+
+def _run_dir(kind: str, key: str, cfg: Config) -> Path:
+    return Path(cfg.cache_dir) / "runs" / f"{kind}-{key}"
+
+
 def get_baseline(cfg: Config, log: Log = note) -> Run:
-    """The trained WSOL baseline for this config (trained now if no finished run exists)."""
+    """The trained WSOL baseline for this config (trained now if no finished run exists).
+
+    Training it also writes the runs of `shares_training(cfg)` that are not finished yet.
+    """
     key = baseline_key(cfg)
+    siblings = tuple(s for s in shares_training(cfg)
+                     if not (_run_dir("baseline", baseline_key(s), s) / "results.json").exists())
+    run_dir = _run_dir("baseline", key, cfg)
+    plan = _planned.get()
+    planned_before = plan is not None and run_dir in plan
 
     def train(run_dir: Path) -> Run:
         arch = "DeiT-Tiny" if cfg.method == "sat" else cfg.backbone
         log(f"[baseline] training {cfg.method} on {arch} into {run_dir}")
-        phase = PhaseSpec("baseline", cfg.map_method, cfg.epochs)
+        phase = PhaseSpec("baseline", cfg.map_method, cfg.epochs,
+                          also_select=tuple(s.map_method for s in siblings))
         return _train_run("baseline", key, run_dir, cfg, phase, new_model(cfg, pixel=False),
-                          dataset(cfg, "train", train=True), log)
+                          dataset(cfg, "train", train=True), log, siblings=siblings)
 
-    return _cached("baseline", key, cfg, log, train, cfg.epochs)
+    run = _cached("baseline", key, cfg, log, train, cfg.epochs)
+    if plan is not None and not planned_before and not run.reused:
+        for s in siblings:  # they come with this training: no training of their own
+            sib_dir = _run_dir("baseline", baseline_key(s), s)
+            plan.setdefault(sib_dir, PlannedRun("baseline", baseline_key(s), sib_dir, s,
+                                                s.epochs, False, shared_with=run_dir))
+    return run
 
 
 def store_cams(baseline: Run, cfg: Config, checkpoint: str, log: Log = note

@@ -28,7 +28,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +182,15 @@ class PhaseSpec:
     map_method: str  # map used for B-LOC on valpx
     epochs: int
     lr: float | None = None  # base lr; None = cfg.lr (PixelCAM: cfg.pixelcam_lr when set)
+    # other maps of the same trained network whose B-LOC is kept too ("b-loc@<map>"): CAM,
+    # GradCAM++ and LayerCAM baselines train the same WGAP net and differ only in their map
+    also_select: tuple[str, ...] = ()
+
+    @property
+    def selections(self) -> tuple[tuple[str, str], ...]:
+        """(checkpoint, history key) of every best epoch this phase keeps; ties go to the later."""
+        own = (("b-loc", "valpx_pxap"), ("b-cl", "valcl_accuracy"))
+        return own + tuple((f"b-loc@{m}", f"valpx_pxap@{m}") for m in self.also_select)
 
     @property
     def objective(self) -> str:
@@ -339,6 +348,13 @@ def _validate(model: WSOLModel, valcl: DataLoader, valpx: DataLoader, phase: Pha
         loc = evaluate_split(model, valpx, phase.map_method, device, with_per_image=False,
                              resamples=0)
         scores = {"valcl_accuracy": acc, "valpx_pxap": loc.pxap}
+        # each pass over a DataLoader draws its base seed from torch's global RNG, which the
+        # training augmentations use too: the extra passes must leave it as they found it, or
+        # the shared training would differ from the runs it stands for
+        with torch.random.fork_rng(devices=[]):
+            for other in phase.also_select:
+                scores[f"valpx_pxap@{other}"] = evaluate_split(
+                    model, valpx, other, device, with_per_image=False, resamples=0).pxap
     return distributed.broadcast(scores)
 
 
@@ -453,7 +469,7 @@ def fit(model: WSOLModel, cfg: Config, phase: PhaseSpec, *, train_ds: Dataset, v
     gen.manual_seed(cfg.seed + 1 + rank)
 
     result = FitResult()
-    best_score = {"b-loc": -1.0, "b-cl": -1.0}
+    best_score = {name: -1.0 for name, _ in phase.selections}
     start_epoch = 0
     if state_path.exists():
         state = read_back(state_path, weights_only=False, map_location=device)
@@ -463,6 +479,11 @@ def fit(model: WSOLModel, cfg: Config, phase: PhaseSpec, *, train_ds: Dataset, v
         result.history = state["history"]
         result.best = state["best"]
         best_score = state["best_score"]
+        # a map that was not selected from the first epoch on has no valid B-LOC: its run trains
+        # on its own later
+        kept = tuple(m for m in phase.also_select if f"b-loc@{m}" in best_score)
+        if kept != phase.also_select:
+            phase = replace(phase, also_select=kept)
         ranks = state.get("ranks")  # per-rank generators of a torchrun run
         if world > 1 and ranks is not None and len(ranks) == world:
             _restore_rng(ranks[rank], gen, loader, device)
@@ -490,8 +511,8 @@ def fit(model: WSOLModel, cfg: Config, phase: PhaseSpec, *, train_ds: Dataset, v
             row.update(_validate(model, valcl, valpx, phase, device))
             result.history.append(row)
             snapshot = None
-            for name, key in (("b-loc", "valpx_pxap"), ("b-cl", "valcl_accuracy")):
-                score = row["valpx_pxap"] if not phase.classifies else row[key]
+            for name, key in phase.selections:
+                score = row["valpx_pxap"] if not phase.classifies and name == "b-cl" else row[key]
                 if score >= best_score[name]:  # ties go to the latest epoch
                     best_score[name] = score
                     result.best[name] = epoch

@@ -51,8 +51,18 @@ def test_paper_plan_lists_each_training_once_for_the_notebook_that_runs_it(paper
     dirs = [t.run.dir for t in plan]
     assert len(dirs) == len(set(dirs))  # shared runs once
     assert not any(t.run.cached for t in plan)
+    # GradCAM++ and LayerCAM of the main table share one training: one trains, the other comes
+    # with it
+    for dataset_name in main_cfg_datasets(configs):
+        cam_family = [t.run for t in plan if t.notebook in ("00_explore", "01_main_tables")
+                      and t.run.kind == "baseline" and t.run.config.seed == 0
+                      and t.run.config.dataset == dataset_name
+                      and t.run.config.method in ("gradcampp", "layercam")]
+        assert sorted(r.status for r in cam_family) == ["shared", "to train"]
+        trained_one = next(r for r in cam_family if r.trains)
+        assert next(r for r in cam_family if not r.trains).shared_with == trained_one.dir
     # notebook 00 runs first and trains the profile's own pair, one of notebook 01's rows
-    explore = [t for t in plan if t.notebook == "00_explore"]
+    explore = [t for t in plan if t.notebook == "00_explore" and t.run.trains]
     assert [t.run.kind for t in explore] == ["baseline", "pixelcam"]
     first = [t for t in plan if t.notebook in ("00_explore", "01_main_tables")]
     main_cfg = configs["01_main_tables"]
@@ -68,6 +78,10 @@ def test_paper_plan_lists_each_training_once_for_the_notebook_that_runs_it(paper
     sweep = [t for t in plan if t.notebook == "05_ablation_n"]
     assert sweep and all(t.run.kind == "pixelcam" and t.variant.startswith("n_bg=")
                          for t in sweep)
+
+
+def main_cfg_datasets(configs):
+    return configs["01_main_tables"].dataset_names
 
 
 def test_estimate_adds_steps_validation_cams_and_test():
@@ -89,6 +103,7 @@ def test_plan_command_prints_the_trainings_the_total_and_the_shares(tmp_path, ca
     out = capsys.readouterr().out
     assert code == 0
     assert "05_ablation_n" in out and "06_ablation_lambda" in out
-    assert "smoke profile: 4 trainings (0 in the cache, 4 to train)" in out, out
+    assert ("smoke profile: 4 runs (0 in the cache, 0 shared with another run's training, "
+            "4 to train)") in out, out
     assert "timed on a CPU" in out
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -188,6 +188,51 @@ def test_resume_gives_the_same_weights(trained, tmp_path):
     assert hist_a == hist_b
 
 
+def test_cam_family_baselines_share_one_training(tmp_path):
+    """GradCAM++ and LayerCAM train the same WGAP net: training one in a table that has both also
+    writes the other's run, and both runs are the very runs that training each alone gives."""
+    table = {**TINY, "epochs": 3, "table_methods": "deepmil,gradcampp,layercam"}
+    shared = load_config(None, {**table, "cache_dir": str(tmp_path / "shared")})
+    logs: list[str] = []
+    layercam = get_baseline(shared, log=logs.append)
+    assert any("gradcampp shares this training" in line for line in logs)
+    gradcampp = get_baseline(shared.replace(method="gradcampp"), log=logs.append)
+    assert gradcampp.reused and gradcampp.results["trained_with"] == layercam.key
+    assert gradcampp.map_method == shared.replace(method="gradcampp").map_method
+    assert sorted(p.name for p in (layercam.dir / "checkpoints").iterdir()) == ["b-cl.pt",
+                                                                                "b-loc.pt"]
+    # alone: each in its own cache, with no sibling left to share with
+    alone = {m: get_baseline(load_config(None, {**table, "method": m, "table_methods": m,
+                                                "cache_dir": str(tmp_path / m)}),
+                             log=lambda s: None) for m in ("gradcampp", "layercam")}
+    for run, solo in ((gradcampp, alone["gradcampp"]), (layercam, alone["layercam"])):
+        assert not solo.reused and "trained_with" not in solo.results
+        assert run.key == solo.key
+        for field in ("history", "best_epoch", "test", "map_method"):
+            assert run.results[field] == solo.results[field], field
+        for ckpt in ("b-loc", "b-cl"):
+            mine = torch.load(run.dir / "checkpoints" / f"{ckpt}.pt", weights_only=True)
+            theirs = torch.load(solo.dir / "checkpoints" / f"{ckpt}.pt", weights_only=True)
+            assert all(torch.equal(mine[k], theirs[k]) for k in theirs), ckpt
+    # the valpx curves differ by map, so each run keeps its own
+    assert ([r["valpx_pxap"] for r in gradcampp.results["history"]]
+            != [r["valpx_pxap"] for r in layercam.results["history"]])
+
+
+def test_a_resumed_training_does_not_select_for_a_map_it_did_not_score_from_the_start(
+        trained, tmp_path):
+    cfg, _, _ = trained
+    kw = dict(train_ds=dataset(cfg, "train", train=True), valcl_ds=dataset(cfg, "valcl"),
+              valpx_ds=dataset(cfg, "valpx"), device=resolve_device("cpu"), log=lambda s: None)
+    fit(new_model(cfg, pixel=False), cfg, PhaseSpec("baseline", "layercam", 1),
+        out_dir=tmp_path, **kw)
+    result = fit(new_model(cfg, pixel=False), cfg,
+                 PhaseSpec("baseline", "layercam", 2, also_select=("gradcampp",)),
+                 out_dir=tmp_path, **kw)
+    assert result.resumed_from == 1 and set(result.best) == {"b-loc", "b-cl"}
+    assert not (tmp_path / "checkpoints" / "b-loc@gradcampp.pt").exists()
+
+
 def test_state_is_written_on_its_time_cadence_and_after_the_last_epoch(trained, tmp_path,
                                                                       monkeypatch):
     """A fake clock in which every epoch takes 25 s: with state_every_s 60 the state goes to
