@@ -37,7 +37,7 @@ from pixelcam.models.sat import build_sat
 from pixelcam.models.unet import UNet
 from pixelcam.progress import Tracker, file_log, note
 from pixelcam.provenance import provenance
-from pixelcam.train import CHECKPOINTS, PhaseSpec, fit
+from pixelcam.train import CHECKPOINTS, FitResult, PhaseSpec, fit
 
 Log = Callable[[str], None]
 TRAIN_LOG = "train.log"  # each run's epoch log, in its run directory
@@ -245,11 +245,11 @@ def _train_run(kind: str, key: str, run_dir: Path, cfg: Config, phase: PhaseSpec
     return Run(kind, key, run_dir, results, reused=False)
 
 
-def _write_sibling(run_dir: Path, key: str, cfg: Config, fitted: Any, device: torch.device,
-                   started: float, log: Log) -> None:
+def _write_sibling(run_dir: Path, key: str, cfg: Config, fitted: FitResult,
+                   device: torch.device, started: float, log: Log) -> None:
     """Make the finished baseline run of `cfg` from a training it shared (see `shares_training`):
     its B-LOC by its own map, the common B-CL, its own valpx curve; then its test evaluation."""
-    sib_dir = Path(cfg.cache_dir) / "runs" / f"baseline-{baseline_key(cfg)}"
+    sib_dir = _run_dir("baseline", baseline_key(cfg), cfg)
     with _locked(sib_dir):
         if (sib_dir / "results.json").exists():  # trained meanwhile by another process
             (run_dir / "checkpoints" / f"b-loc@{cfg.map_method}.pt").unlink(missing_ok=True)

@@ -112,6 +112,19 @@ def test_unet_weights_from_local_file(tmp_path) -> None:
         assert torch.equal(dst.encoder.state_dict()[key], value)
 
 
+def test_unet_takes_the_packaged_efficientnet_lite0_weights() -> None:
+    from pixelcam.models.backbones import package_weights
+
+    unet = UNet("efficientnet_lite0", pretrained="package")
+    imagenet = package_weights("efficientnet_lite0")
+    own = unet.encoder.state_dict()
+    for key in ("conv_stem.weight", "blocks.6.0.conv_pwl.weight", "bn1.running_var"):
+        timm_key = key.replace(".", "_", 1) if key not in own else key
+        assert torch.equal(own[timm_key], imagenet[key]), key
+    with pytest.raises(ModelError, match="no packaged weights"):
+        UNet("resnet18", pretrained="package")
+
+
 # ---------------------------------------------------------------- NEGEV model
 
 

@@ -475,7 +475,7 @@ def create_encoder(name: str, pretrained: str = "false", output_stride: int = 8,
     if weights_file is not None:
         load_weights(encoder, weights_file)
     if use_package:
-        _load_state(encoder, package_weights(name), f"packaged weights of {name!r}")
+        load_package_weights(encoder, name)
     return encoder
 
 
@@ -529,6 +529,12 @@ def _wrapped_arch(module: nn.Module) -> str | None:
         cfg = getattr(module, "pretrained_cfg", None) or {}
         return cfg.get("architecture") if isinstance(cfg, dict) else None
     return None
+
+
+def load_package_weights(module: nn.Module, name: str) -> None:
+    """Load the ImageNet weights a pip package ships for backbone `name` (PACKAGED_WEIGHTS)
+    into an encoder or a timm feature net of it (U-Net's encoder), strictly as `load_weights`."""
+    _load_state(module, package_weights(name), f"packaged weights of {name!r}")
 
 
 def load_weights(module: nn.Module, path: str | Path) -> None:

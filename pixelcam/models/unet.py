@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelcam.errors import ConfigError, DataError, ModelError
-from pixelcam.models.backbones import load_weights
+from pixelcam.models.backbones import load_package_weights, load_weights
 from pixelcam.weights import pretrained_tag, timm_weights_file
 
 __all__ = [
@@ -115,10 +115,12 @@ class UNetDecoder(nn.Module):
 
 
 def _build_stage_encoder(name: str, pretrained: str) -> nn.Module:
-    """timm's features_only net (normal strides), weights as in create_encoder: false/timm/file.
+    """timm's features_only net (normal strides), weights as in create_encoder:
+    false/timm/package/file.
 
     "timm" loads the backbone's pinned tag (pixelcam.weights.PRETRAINED_TAGS, e.g.
-    resnet50.tv_in1k) from the local Hugging Face cache only, never downloading.
+    resnet50.tv_in1k) from the local Hugging Face cache only, never downloading; "package" the
+    ImageNet weights a pip package ships (EfficientNet-Lite0, backbones.PACKAGED_WEIGHTS).
     """
     if not isinstance(name, str) or not timm.is_model(name):
         raise ModelError(
@@ -127,12 +129,12 @@ def _build_stage_encoder(name: str, pretrained: str) -> nn.Module:
     source = str(pretrained).strip()
     cached = timm_weights_file(pretrained_tag(name)) if source.lower() == "timm" else None
     weights_file = None
-    if source.lower() not in ("false", "timm"):
+    if source.lower() not in ("false", "timm", "package"):
         weights_file = Path(source).expanduser()
         if not weights_file.is_file():
             raise ModelError(
                 f"pretrained weight file {str(weights_file)!r} does not exist; give an existing "
-                ".pth/.pt/.safetensors path, 'timm' or 'false'."
+                ".pth/.pt/.safetensors path, 'timm', 'package' or 'false'."
             )
     try:
         if cached is None:
@@ -157,6 +159,8 @@ def _build_stage_encoder(name: str, pretrained: str) -> nn.Module:
         ) from exc
     if weights_file is not None:
         load_weights(net, weights_file)
+    if source.lower() == "package":
+        load_package_weights(net, name)
     return net
 
 
@@ -164,7 +168,8 @@ class UNet(nn.Module):
     """Fully supervised segmentation model: the localisation upper bound of Tables 1, 6 and 11.
 
     ``forward(x)`` returns logits (B,2,H,W) (channel 1 = FG) at the input size. ``pretrained``
-    is "false", "timm" (the pinned tag's cached weights, never a download) or a local weight file.
+    is "false", "timm" (the pinned tag's cached weights, never a download), "package" (weights
+    a pip package ships: EfficientNet-Lite0) or a local weight file.
     """
 
     def __init__(
