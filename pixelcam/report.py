@@ -342,9 +342,16 @@ def run_table(runs: dict[str, Run] | None, output_dir: str | Path) -> Any:
             link = f'<a href="{html.escape(href)}">log</a>'
         best = res.get("best_epoch", {})
         durations = res.get("durations") or {}
-        seconds = durations.get("train_s", 0.0) + durations.get("eval_s", 0.0)
+        seconds = durations.get("eval_s", 0.0)
+        status = "reused" if run.reused else "trained"
+        if res.get("trained_with"):  # its training is another run's (runs.shares_training)
+            status = "shared with " + next(
+                (other for other, r in runs.items() if r.kind == "baseline"
+                 and r.key == res["trained_with"]), f"baseline-{res['trained_with']}")
+        else:
+            seconds += durations.get("train_s", 0.0)
         wall = f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
-        rows.append({"run": html.escape(name), "status": "reused" if run.reused else "trained",
+        rows.append({"run": html.escape(name), "status": html.escape(status),
                      "epochs": max(len(res.get("history", [])) - 1, 0),
                      "B-LOC epoch": best.get("b-loc", "-"), "B-CL epoch": best.get("b-cl", "-"),
                      "wall time": wall,

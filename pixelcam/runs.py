@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pixelcam import distributed
-from pixelcam.atomic import link_over, read_back, save_torch, write_json
+from pixelcam.atomic import link_over, read_back, save_torch, write_json, write_text
 from pixelcam.config import Config, baseline_key, load_config, negev_key, pixelcam_key, unet_key
 from pixelcam.data.dataset import WSOLDataset
 from pixelcam.data.synthetic import SyntheticSpec, ensure_dataset
@@ -225,6 +225,8 @@ def _train_run(kind: str, key: str, run_dir: Path, cfg: Config, phase: PhaseSpec
     for sibling in siblings:
         if f"b-loc@{sibling.map_method}" in fitted.best:
             _write_sibling(run_dir, key, sibling, fitted, device, started, log)
+    for leftover in (run_dir / "checkpoints").glob("b-loc@*.pt"):  # a sibling finished elsewhere
+        leftover.unlink()
     own_best = {k: v for k, v in fitted.best.items() if "@" not in k}
     history = [{k: v for k, v in row.items() if "@" not in k} for row in fitted.history]
     t_eval = time.perf_counter()
@@ -264,8 +266,11 @@ def _write_sibling(run_dir: Path, key: str, cfg: Config, fitted: FitResult,
                    for row in fitted.history]
         best = {"b-loc": fitted.best[f"b-loc@{cfg.map_method}"], "b-cl": fitted.best["b-cl"]}
         write_json(sib_dir / "history.json", {"history": history, "best": best})
-        (sib_dir / TRAIN_LOG).write_text(f"trained together with {run_dir} (same network, "
-                                         f"same steps); B-LOC by {cfg.map_method} on valpx\n")
+        lines = [f"[baseline] {cfg.method}: trained together with {run_dir.name} (same "
+                 f"network, same steps, its log has the losses); B-LOC by {cfg.map_method}"]
+        lines += [f"[baseline] epoch {r['epoch']:3d}/{cfg.epochs} valcl acc "
+                  f"{r['valcl_accuracy']:.1f} valpx PxAP {r['valpx_pxap']:.1f}" for r in history]
+        write_text(sib_dir / TRAIN_LOG, "\n".join(lines) + "\n")
         t_eval = time.perf_counter()
         test = _evaluate_checkpoints(sib_dir, cfg, "baseline", cfg.map_method, device)
         write_json(sib_dir / "results.json", {

@@ -8,7 +8,7 @@ import torch
 
 from pixelcam.config import load_config
 from pixelcam.evaluate import resolve_device
-from pixelcam.report import main_table
+from pixelcam.report import main_table, run_table
 from pixelcam.runs import dataset, get_baseline, get_negev, get_or_train, get_unet, new_model
 from pixelcam.train import FilledBatchSampler, PhaseSpec, fit, train_loader
 
@@ -217,6 +217,13 @@ def test_cam_family_baselines_share_one_training(tmp_path):
     # the valpx curves differ by map, so each run keeps its own
     assert ([r["valpx_pxap"] for r in gradcampp.results["history"]]
             != [r["valpx_pxap"] for r in layercam.results["history"]])
+    # the report's table of runs names the training it shared, its log holds its own curve
+    html = run_table({"LayerCAM": layercam, "GradCAM++": gradcampp}, tmp_path / "nb").data
+    assert "shared with LayerCAM" in html and html.count("trained") == 1
+    log = (tmp_path / "nb" / "logs" / f"{gradcampp.dir.name}.log").read_text().splitlines()
+    assert log[0].startswith(f"[baseline] gradcampp: trained together with {layercam.dir.name}")
+    last = gradcampp.results["history"][-1]
+    assert log[-1].endswith(f"valpx PxAP {last['valpx_pxap']:.1f}") and len(log) == 5
 
 
 def test_a_resumed_training_does_not_select_for_a_map_it_did_not_score_from_the_start(
