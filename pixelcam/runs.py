@@ -201,6 +201,33 @@ def _evaluate_checkpoints(run_dir: Path, cfg: Config, kind: str, map_method: str
     return out
 
 
+def _history_of(fitted: FitResult, map_method: str | None = None) -> list[dict[str, Any]]:
+    """The epoch rows of a run: without the other maps' `@` scores; for a sibling of a shared
+    training (`map_method`), its own map's valpx score becomes the row's `valpx_pxap`."""
+    rows = []
+    for row in fitted.history:
+        kept = {k: v for k, v in row.items() if "@" not in k}
+        if map_method:
+            kept["valpx_pxap"] = row[f"valpx_pxap@{map_method}"]
+        rows.append(kept)
+    return rows
+
+
+def _results(kind: str, key: str, cfg: Config, map_method: str, best: dict[str, int],
+             history: list[dict[str, Any]], test: dict[str, Any], fitted: FitResult,
+             t_eval: float, device: torch.device, started: float,
+             extra: dict[str, Any] | None) -> dict[str, Any]:
+    """The results.json of a finished run (`t_eval`: when its test evaluation started)."""
+    return {
+        "kind": kind, "key": key, "map_method": map_method, "config": cfg.to_dict(),
+        "best_epoch": best, "history": history, "test": test,
+        "durations": {"train_s": fitted.seconds, "eval_s": time.perf_counter() - t_eval,
+                      **fitted.time_split()},
+        "resumed_from": fitted.resumed_from, **(extra or {}),
+        "provenance": provenance(cfg, device, started=started),
+    }
+
+
 def _train_run(kind: str, key: str, run_dir: Path, cfg: Config, phase: PhaseSpec,
                model: WSOLModel, train_ds: WSOLDataset, log: Log,
                extra: dict[str, Any] | None = None,
@@ -228,17 +255,10 @@ def _train_run(kind: str, key: str, run_dir: Path, cfg: Config, phase: PhaseSpec
     for leftover in (run_dir / "checkpoints").glob("b-loc@*.pt"):  # a sibling finished elsewhere
         leftover.unlink()
     own_best = {k: v for k, v in fitted.best.items() if "@" not in k}
-    history = [{k: v for k, v in row.items() if "@" not in k} for row in fitted.history]
     t_eval = time.perf_counter()
     test = _evaluate_checkpoints(run_dir, cfg, kind, phase.map_method, device)
-    results = {
-        "kind": kind, "key": key, "map_method": phase.map_method, "config": cfg.to_dict(),
-        "best_epoch": own_best, "history": history, "test": test,
-        "durations": {"train_s": fitted.seconds, "eval_s": time.perf_counter() - t_eval,
-                      **fitted.time_split()},
-        "resumed_from": fitted.resumed_from, **(extra or {}),
-        "provenance": provenance(cfg, device, started=started),
-    }
+    results = _results(kind, key, cfg, phase.map_method, own_best, _history_of(fitted), test,
+                       fitted, t_eval, device, started, extra)
     write_json(run_dir / "results.json", results)  # written last: marks the run complete
     # the resume state (weights + optimiser) is dead weight once the run is complete: ~2x the
     # model's size per run, which adds up to gigabytes over a profile
@@ -261,9 +281,7 @@ def _write_sibling(run_dir: Path, key: str, cfg: Config, fitted: FitResult,
         ckpt.mkdir(exist_ok=True)
         os.replace(run_dir / "checkpoints" / f"b-loc@{cfg.map_method}.pt", ckpt / "b-loc.pt")
         link_over(run_dir / "checkpoints" / "b-cl.pt", ckpt / "b-cl.pt")
-        own = f"valpx_pxap@{cfg.map_method}"
-        history = [{**{k: v for k, v in row.items() if "@" not in k}, "valpx_pxap": row[own]}
-                   for row in fitted.history]
+        history = _history_of(fitted, cfg.map_method)
         best = {"b-loc": fitted.best[f"b-loc@{cfg.map_method}"], "b-cl": fitted.best["b-cl"]}
         write_json(sib_dir / "history.json", {"history": history, "best": best})
         lines = [f"[baseline] {cfg.method}: trained together with {run_dir.name} (same "
@@ -273,14 +291,9 @@ def _write_sibling(run_dir: Path, key: str, cfg: Config, fitted: FitResult,
         write_text(sib_dir / TRAIN_LOG, "\n".join(lines) + "\n")
         t_eval = time.perf_counter()
         test = _evaluate_checkpoints(sib_dir, cfg, "baseline", cfg.map_method, device)
-        write_json(sib_dir / "results.json", {
-            "kind": "baseline", "key": baseline_key(cfg), "map_method": cfg.map_method,
-            "config": cfg.to_dict(), "best_epoch": best, "history": history, "test": test,
-            "durations": {"train_s": fitted.seconds, "eval_s": time.perf_counter() - t_eval,
-                          **fitted.time_split()},
-            "resumed_from": fitted.resumed_from, "trained_with": key,
-            "provenance": provenance(cfg, device, started=started),
-        })
+        write_json(sib_dir / "results.json", _results(
+            "baseline", baseline_key(cfg), cfg, cfg.map_method, best, history, test, fitted,
+            t_eval, device, started, {"trained_with": key}))
 
 
 def _load_complete(kind: str, key: str, run_dir: Path, log: Log) -> Run | None:
@@ -383,9 +396,9 @@ def get_baseline(cfg: Config, log: Log = note) -> Run:
     key = baseline_key(cfg)
     siblings = tuple(s for s in shares_training(cfg)
                      if not (_run_dir("baseline", baseline_key(s), s) / "results.json").exists())
-    run_dir = _run_dir("baseline", key, cfg)
+    own_dir = _run_dir("baseline", key, cfg)
     plan = _planned.get()
-    planned_before = plan is not None and run_dir in plan
+    planned_before = plan is not None and own_dir in plan
 
     def train(run_dir: Path) -> Run:
         arch = "DeiT-Tiny" if cfg.method == "sat" else cfg.backbone
@@ -400,7 +413,7 @@ def get_baseline(cfg: Config, log: Log = note) -> Run:
         for s in siblings:  # they come with this training: no training of their own
             sib_dir = _run_dir("baseline", baseline_key(s), s)
             plan.setdefault(sib_dir, PlannedRun("baseline", baseline_key(s), sib_dir, s,
-                                                s.epochs, False, shared_with=run_dir))
+                                                s.epochs, False, shared_with=own_dir))
     return run
 
 

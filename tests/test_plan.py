@@ -53,7 +53,7 @@ def test_paper_plan_lists_each_training_once_for_the_notebook_that_runs_it(paper
     assert not any(t.run.cached for t in plan)
     # GradCAM++ and LayerCAM of the main table share one training: one trains, the other comes
     # with it
-    for dataset_name in main_cfg_datasets(configs):
+    for dataset_name in configs["01_main_tables"].dataset_names:
         cam_family = [t.run for t in plan if t.notebook in ("00_explore", "01_main_tables")
                       and t.run.kind == "baseline" and t.run.config.seed == 0
                       and t.run.config.dataset == dataset_name
@@ -78,10 +78,6 @@ def test_paper_plan_lists_each_training_once_for_the_notebook_that_runs_it(paper
     sweep = [t for t in plan if t.notebook == "05_ablation_n"]
     assert sweep and all(t.run.kind == "pixelcam" and t.variant.startswith("n_bg=")
                          for t in sweep)
-
-
-def main_cfg_datasets(configs):
-    return configs["01_main_tables"].dataset_names
 
 
 def test_estimate_adds_steps_validation_cams_and_test():
