@@ -89,7 +89,7 @@ def test_bad_backbone_and_stride_raise_actionable_errors() -> None:
         create_encoder("resnet_does_not_exist")
     with pytest.raises(ConfigError, match="output_stride"):
         create_encoder("resnet18", output_stride=4)
-    with pytest.raises(ModelError, match="does not exist"):
+    with pytest.raises(ModelError, match="does not exist.*'timm', 'package' or 'false'"):
         create_encoder("resnet18", pretrained="/nonexistent/weights.pth")
 
 

@@ -87,8 +87,11 @@ def test_unet_bad_inputs() -> None:
         UNet("resnet5O")
     with pytest.raises(ConfigError, match="decoder_channels"):
         UNet("resnet18", decoder_channels=(256, 128, 64))
-    with pytest.raises(ModelError, match="does not exist"):
+    with pytest.raises(ModelError, match="does not exist.*'package'"):
         UNet("resnet18", pretrained="/nonexistent/weights.pth")
+    # checked before the network is built, with the encoder's own message
+    with pytest.raises(ModelError, match="'resnet18' has no packaged weights"):
+        UNet("resnet18", pretrained="package")
 
 
 def test_segmentation_loss_values() -> None:

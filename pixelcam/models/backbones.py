@@ -405,6 +405,53 @@ def package_weights(name: str) -> dict[str, Tensor]:
     return mapped
 
 
+@dataclass(frozen=True)
+class WeightSource:
+    """A `pretrained` value, resolved and checked before any network is built, so that a missing
+    file stops the run at once instead of after minutes of set-up."""
+
+    package: bool  # the ImageNet weights a pip package ships (PACKAGED_WEIGHTS)
+    cached: Path | None  # the local Hugging Face cache file of the backbone's pinned timm tag
+    file: Path | None  # a local weight file
+
+    def load_into(self, module: nn.Module, name: str) -> None:
+        """Load a local file's or a package's weights into the built `module` (timm's cached
+        weights are loaded by timm itself while building)."""
+        if self.file is not None:
+            load_weights(module, self.file)
+        if self.package:
+            load_package_weights(module, name)
+
+    def cache_error(self, name: str, exc: Exception) -> ModelError:
+        """The error when timm cannot build `name` from the cached weights of its tag."""
+        tag = pretrained_tag(name)
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        return ModelError(
+            f"cannot load the cached timm weights {tag} ({str(self.cached)!r}; "
+            f"{type(exc).__name__}: {detail}); delete that file and run `pixelcam weights fetch "
+            f"--tag {tag}` on a machine with network, or pass a local weight file path."
+        )
+
+
+def weight_source(name: str, pretrained: str) -> WeightSource:
+    """Parse `pretrained` ("false", "timm", "package" or a weight file path) for backbone `name`."""
+    text = str(pretrained).strip()
+    keyword = text.lower()
+    if keyword == "package":
+        _package_file(name)  # fail before building when the weights cannot be found
+    # the cached file of the pinned tag, found (or refused) before building
+    cached = timm_weights_file(pretrained_tag(name)) if keyword == "timm" else None
+    file = None
+    if keyword not in ("false", "timm", "package"):
+        file = Path(text).expanduser()
+        if not file.is_file():
+            raise ModelError(
+                f"pretrained weight file {str(file)!r} does not exist; give an existing "
+                ".pth/.pt/.safetensors path, 'timm', 'package' or 'false'."
+            )
+    return WeightSource(keyword == "package", cached, file)
+
+
 def create_encoder(name: str, pretrained: str = "false", output_stride: int = 8,
                    feature_stage: int = -1) -> nn.Module:
     """Build the WSOL encoder, with weights that never need the network.
@@ -426,20 +473,7 @@ def create_encoder(name: str, pretrained: str = "false", output_stride: int = 8,
         )
     if not isinstance(name, str) or not timm.is_model(name):
         raise _unknown_backbone(str(name))
-    source = str(pretrained).strip()
-    use_package = source.lower() == "package"
-    if use_package:
-        _package_file(name)  # fail before building when the weights cannot be found
-    # the cached file of the pinned tag, found (or refused) before building
-    cached = timm_weights_file(pretrained_tag(name)) if source.lower() == "timm" else None
-    weights_file = None
-    if source.lower() not in ("false", "timm", "package"):
-        weights_file = Path(source).expanduser()
-        if not weights_file.is_file():
-            raise ModelError(
-                f"pretrained weight file {str(weights_file)!r} does not exist; give "
-                "an existing .pth/.pt/.safetensors path, 'timm' or 'false'."
-            )
+    source = weight_source(name, pretrained)
     if feature_stage != -1 and (name in _WSOL_BUILDERS
                                 or timm.models.is_model_in_modules(name, ["resnet"])):
         raise ConfigError(
@@ -455,27 +489,18 @@ def create_encoder(name: str, pretrained: str = "false", output_stride: int = 8,
     else:
         builder = _build_features
     try:
-        encoder = (builder(name, cached, output_stride) if feature_stage == -1
-                   else builder(name, cached, output_stride, feature_stage))
+        encoder = (builder(name, source.cached, output_stride) if feature_stage == -1
+                   else builder(name, source.cached, output_stride, feature_stage))
     except PixelCamError:
         raise
     except Exception as exc:  # timm raises many types (bad checkpoint, unsupported option)
-        if cached is not None:
-            tag = pretrained_tag(name)
-            raise ModelError(
-                f"cannot load the cached timm weights {tag} ({str(cached)!r}; "
-                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                f"delete that file and run `pixelcam weights fetch --tag {tag}` on a machine "
-                "with network, or pass a local weight file path."
-            ) from exc
+        if source.cached is not None:
+            raise source.cache_error(name, exc) from exc
         raise ModelError(
             f"timm cannot build backbone {name!r} with output_stride={output_stride} "
             f"({type(exc).__name__}); use one of {', '.join(KNOWN_BACKBONES)}."
         ) from exc
-    if weights_file is not None:
-        load_weights(encoder, weights_file)
-    if use_package:
-        load_package_weights(encoder, name)
+    source.load_into(encoder, name)
     return encoder
 
 

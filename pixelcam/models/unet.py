@@ -14,7 +14,6 @@ Table 11 (so the authors' U-Net is this layout, conv biases off where BN follows
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import timm
 import torch
@@ -22,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelcam.errors import ConfigError, DataError, ModelError
-from pixelcam.models.backbones import load_package_weights, load_weights
-from pixelcam.weights import pretrained_tag, timm_weights_file
+from pixelcam.models.backbones import weight_source
+from pixelcam.weights import pretrained_tag
 
 __all__ = [
     "DEFAULT_DECODER_CHANNELS",
@@ -126,41 +125,25 @@ def _build_stage_encoder(name: str, pretrained: str) -> nn.Module:
         raise ModelError(
             f"unknown U-Net encoder {name!r}; use a timm CNN name such as resnet50 or resnet18."
         )
-    source = str(pretrained).strip()
-    cached = timm_weights_file(pretrained_tag(name)) if source.lower() == "timm" else None
-    weights_file = None
-    if source.lower() not in ("false", "timm", "package"):
-        weights_file = Path(source).expanduser()
-        if not weights_file.is_file():
-            raise ModelError(
-                f"pretrained weight file {str(weights_file)!r} does not exist; give an existing "
-                ".pth/.pt/.safetensors path, 'timm', 'package' or 'false'."
-            )
+    source = weight_source(name, pretrained)
     try:
-        if cached is None:
+        if source.cached is None:
             net = timm.create_model(name, pretrained=False, features_only=True)
         else:
             net = timm.create_model(
                 pretrained_tag(name),
                 pretrained=True,
-                pretrained_cfg_overlay={"file": str(cached)},
+                pretrained_cfg_overlay={"file": str(source.cached)},
                 features_only=True,
             )
     except Exception as exc:  # timm raises many types (bad checkpoint, unsupported option)
-        if cached is not None:
-            raise ModelError(
-                f"cannot load the cached timm weights {pretrained_tag(name)} ({str(cached)!r}; "
-                f"{type(exc).__name__}); delete that file and run `pixelcam weights fetch --tag "
-                f"{pretrained_tag(name)}` on a machine with network, or pass a local weight file."
-            ) from exc
+        if source.cached is not None:
+            raise source.cache_error(name, exc) from exc
         raise ModelError(
             f"cannot build a features_only {name!r} ({type(exc).__name__}); use a timm CNN "
             "such as resnet50."
         ) from exc
-    if weights_file is not None:
-        load_weights(net, weights_file)
-    if source.lower() == "package":
-        load_package_weights(net, name)
+    source.load_into(net, name)
     return net
 
 
