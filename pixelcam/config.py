@@ -117,6 +117,10 @@ class Config:
     # written at most once per this many seconds, and always after the last epoch and on SIGTERM;
     # 0 = after every epoch. A SIGKILL loses at most this much training
     state_every_s: float = 60.0
+    # write that resume state at all: off where no run is ever resumed (a preflight empties its
+    # cache at each start), which spares writing about twice the model per run. The B-LOC/B-CL
+    # weights go to disk at the same points either way, and a SIGTERM still writes the state
+    resume_state: bool = True
     cache_dir: str = ".cache/pixelcam"
     figure_images: int = 4  # images per class in map grids
     # which rows a table trains and shows (comma-separated baselines; NEGEV; the U-Net bound)
@@ -213,7 +217,7 @@ RUNTIME_KEYS = frozenset(
      "table_methods", "table_negev", "table_unet", "datasets", "glas", "camelyon16",
      "backbones", "n_values", "lam_values", "stain_levels", "stain_levels_file", "ttest_resamples",
      "tsne_images", "tsne_pixels", "compile", "seeds", "image_cache_mb",
-     "state_every_s"}
+     "state_every_s", "resume_state"}
 )
 # Keys that only the PixelCAM phase reads: a baseline is shared by every value of these.
 PIXELCAM_KEYS = frozenset(

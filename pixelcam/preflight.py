@@ -99,7 +99,9 @@ def overrides(profile_cfgs: Mapping[str, Config], overrides_in: Mapping[str, Any
         for name in cfg.dataset_names + ([cfg.cam_source] if cfg.cam_source else []):
             covered.setdefault(name, cfg.for_dataset(name))
     extra: dict[str, Any] = {"epochs": 1, "pixelcam_epochs": 1, "tsne_images": 1,
-                             "tsne_pixels": TSNE_PIXELS, "cache_dir": str(work_dir / "cache")}
+                             "tsne_pixels": TSNE_PIXELS, "cache_dir": str(work_dir / "cache"),
+                             # its cache is emptied at each start: a resume state is never read
+                             "resume_state": False}
     # notebook 03 fits each stain level on its own image of the other dataset's train split
     levels = max(cfg.stain_levels for cfg in profile_cfgs.values())
     for name, cfg in covered.items():

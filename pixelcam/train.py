@@ -5,7 +5,9 @@ any update) included, the valcl accuracy (B-CL) and the valpx PxAP (B-LOC) are m
 the latest epoch. The resume state (`state.pt`: weights, optimiser, scheduler, every generator)
 and the B-LOC/B-CL weights found since its last write are written atomically at most once per
 `state_every_s` seconds (default 60), always after the last epoch, and after the epoch in which a
-SIGTERM arrives (then fit raises TrainingInterrupted). A SIGKILL loses at most that interval; the
+SIGTERM arrives (then fit raises TrainingInterrupted); with `resume_state: false` (the preflight,
+whose runs are never resumed) only the B-LOC/B-CL weights are written then, and the state only
+on SIGTERM. A SIGKILL loses at most that interval; the
 rerun resumes from the state on disk and gives the same numbers. The images of the three splits
 are decoded once and kept in memory when they fit in `image_cache_mb`
 (WSOLDataset.preload); augmentations are still drawn per sample.
@@ -534,6 +536,7 @@ def fit(model: WSOLModel, cfg: Config, phase: PhaseSpec, *, train_ds: Dataset, v
                 ranks = distributed.gather(rngs) if world > 1 else None
                 if main:
                     _save_best(pending, ckpt_dir)  # before the state that names their epoch
+                if main and (cfg.resume_state or stop):
                     state = {
                         "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
                         "scheduler": sched.state_dict(), "history": result.history,

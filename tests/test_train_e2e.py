@@ -291,6 +291,19 @@ def test_state_is_written_on_its_time_cadence_and_after_the_last_epoch(trained, 
         b = torch.load(tmp_path / "every" / "checkpoints" / f"{name}.pt")
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
+    # without a resume state (the preflight's runs): the same weights at the same points, no state
+    writes.clear()
+    stateless = fit(new_model(cfg, pixel=False), cfg.replace(state_every_s=60.0,
+                                                             resume_state=False),
+                    PhaseSpec("baseline", "layercam", 6), out_dir=tmp_path / "stateless", **kw)
+    assert "state.pt" not in {name for name, _ in writes}
+    assert not (tmp_path / "stateless" / "state.pt").exists()
+    assert stateless.history == every.history and stateless.best == every.best
+    for name in ("b-loc", "b-cl"):
+        a = torch.load(tmp_path / "cadence" / "checkpoints" / f"{name}.pt")
+        b = torch.load(tmp_path / "stateless" / "checkpoints" / f"{name}.pt")
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
 
 def test_best_weights_of_one_epoch_are_one_file(tmp_path):
     from pixelcam.train import _save_best
