@@ -7,10 +7,9 @@ and the B-LOC/B-CL weights found since its last write are written atomically at 
 `state_every_s` seconds (default 60), always after the last epoch, and after the epoch in which a
 SIGTERM arrives (then fit raises TrainingInterrupted); with `resume_state: false` (the preflight,
 whose runs are never resumed) only the B-LOC/B-CL weights are written then, and the state only
-on SIGTERM. A SIGKILL loses at most that interval; the
-rerun resumes from the state on disk and gives the same numbers. The images of the three splits
-are decoded once and kept in memory when they fit in `image_cache_mb`
-(WSOLDataset.preload); augmentations are still drawn per sample.
+on SIGTERM. A SIGKILL loses at most that interval; the rerun resumes from the state on disk and
+gives the same numbers. The images of the three splits are decoded once and kept in memory when
+they fit in `image_cache_mb` (WSOLDataset.preload); augmentations are still drawn per sample.
 
 Under torchrun (pixelcam.distributed) the same fit() trains with DistributedDataParallel: each rank
 gets batch_size / N images of every global batch (FilledBatchSampler, which shuffles like a
@@ -532,10 +531,11 @@ def fit(model: WSOLModel, cfg: Config, phase: PhaseSpec, *, train_ds: Dataset, v
             if world > 1:  # rank 0 decides, so that every rank joins the same collectives
                 due, stop = distributed.broadcast((due, stop))
             if due or stop:
-                rngs = _rng_states(gen, loader)
-                ranks = distributed.gather(rngs) if world > 1 else None
                 if main:
                     _save_best(pending, ckpt_dir)  # before the state that names their epoch
+                if cfg.resume_state or stop:  # the same on every rank: the gather stays in step
+                    rngs = _rng_states(gen, loader)
+                    ranks = distributed.gather(rngs) if world > 1 else None
                 if main and (cfg.resume_state or stop):
                     state = {
                         "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),

@@ -269,6 +269,15 @@ def test_state_is_written_on_its_time_cadence_and_after_the_last_epoch(trained, 
 
     monkeypatch.setattr(train_module, "save_torch", spy)
     monkeypatch.setattr(train_module, "link_over", lambda source, path: spy(None, path))
+    def same_checkpoints(run_a, run_b):
+        """Whether two runs wrote bitwise equal B-LOC and B-CL weights."""
+        for name in ("b-loc", "b-cl"):
+            a = torch.load(run_a / "checkpoints" / f"{name}.pt")
+            b = torch.load(run_b / "checkpoints" / f"{name}.pt")
+            if set(a) != set(b) or not all(torch.equal(a[k], b[k]) for k in a):
+                return False
+        return True
+
     every = fit(new_model(cfg, pixel=False), cfg.replace(state_every_s=60.0),
                 PhaseSpec("baseline", "layercam", 6), out_dir=tmp_path / "cadence", **kw)
     states = [epoch for name, epoch in writes if name == "state.pt"]
@@ -286,10 +295,7 @@ def test_state_is_written_on_its_time_cadence_and_after_the_last_epoch(trained, 
                     PhaseSpec("baseline", "layercam", 6), out_dir=tmp_path / "every", **kw)
     assert [epoch for name, epoch in writes if name == "state.pt"] == list(range(7))
     assert per_epoch.history == every.history  # the cadence never changes the numbers
-    for name in ("b-loc", "b-cl"):
-        a = torch.load(tmp_path / "cadence" / "checkpoints" / f"{name}.pt")
-        b = torch.load(tmp_path / "every" / "checkpoints" / f"{name}.pt")
-        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert same_checkpoints(tmp_path / "cadence", tmp_path / "every")
 
     # without a resume state (the preflight's runs): the same weights at the same points, no state
     writes.clear()
@@ -299,10 +305,7 @@ def test_state_is_written_on_its_time_cadence_and_after_the_last_epoch(trained, 
     assert "state.pt" not in {name for name, _ in writes}
     assert not (tmp_path / "stateless" / "state.pt").exists()
     assert stateless.history == every.history and stateless.best == every.best
-    for name in ("b-loc", "b-cl"):
-        a = torch.load(tmp_path / "cadence" / "checkpoints" / f"{name}.pt")
-        b = torch.load(tmp_path / "stateless" / "checkpoints" / f"{name}.pt")
-        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert same_checkpoints(tmp_path / "cadence", tmp_path / "stateless")
 
 
 def test_best_weights_of_one_epoch_are_one_file(tmp_path):
