@@ -401,3 +401,84 @@ def test_verify_finds_a_tampered_number(trained, tmp_path):
     path.write_text(json.dumps(payload))
     problems, _ = verify(tmp_path)
     assert len(problems) == 1 and "LayerCAM + PixelCAM" in problems[0] and "PxAP run" in problems[0]
+
+
+@pytest.mark.parametrize("kind", ["baseline", "pixelcam", "negev"])
+def test_a_checkpoint_loads_without_init_into_the_same_model(trained, kind):
+    """model_holding skips the random init the weights replace; the model is the same."""
+    from pixelcam.runs import model_for, model_holding
+
+    cfg, runs, _ = trained
+    run = runs.get(kind) or get_negev(cfg, log=lambda s: None)
+    state = torch.load(run.dir / "checkpoints" / "b-loc.pt", weights_only=True)
+    ordinary = model_for(kind, cfg)
+    ordinary.load_state_dict(state)
+    held = model_holding(kind, cfg, state)
+    assert not any(t.is_meta for t in [*held.parameters(), *held.buffers()])
+    # it holds the checkpoint's own tensors (nothing was initialised, then overwritten)
+    assert all(t.data_ptr() == state[k].data_ptr() for k, t in held.state_dict().items())
+    assert [(n, p.requires_grad) for n, p in held.named_parameters()] == [
+        (n, p.requires_grad) for n, p in ordinary.named_parameters()]  # NEGEV's frozen part too
+    x = torch.rand(2, 3, cfg.image_size, cfg.image_size)
+    with torch.no_grad():
+        a, b = ordinary.eval()(x), held.eval()(x)
+    outputs = [(u, v) for u, v in zip(a, b, strict=True) if u is not None or v is not None]
+    assert outputs and all(torch.equal(u, v) for u, v in outputs)
+
+
+def test_a_module_with_a_buffer_outside_its_state_dict_is_built_the_ordinary_way(
+        trained, monkeypatch):
+    """A non-persistent buffer is not in the checkpoint: a meta build would leave it empty."""
+    import pixelcam.runs as runs_module
+
+    cfg, runs, _ = trained
+    real_model_for = runs_module.model_for
+
+    def with_buffer(kind, c):
+        model = real_model_for(kind, c)
+        model.register_buffer("scale", torch.full((1,), 3.0), persistent=False)
+        return model
+
+    monkeypatch.setattr(runs_module, "model_for", with_buffer)
+    state = torch.load(runs["baseline"].dir / "checkpoints" / "b-loc.pt", weights_only=True)
+    model = runs_module.model_holding("baseline", cfg, state)
+    assert float(model.scale) == 3.0
+    assert all(torch.equal(t, state[k]) for k, t in model.state_dict().items())
+    with pytest.raises(RuntimeError, match="Missing key"):  # a mismatch is still named
+        runs_module.model_holding("baseline", cfg, {k: v for k, v in state.items()
+                                                    if not k.endswith("running_mean")})
+
+
+def test_checkpoints_of_one_epoch_are_evaluated_once(trained, monkeypatch):
+    """B-LOC and B-CL of the same epoch are one file: one test evaluation, copied."""
+    import pixelcam.runs as runs_module
+
+    cfg, runs, _ = trained
+    run = runs["baseline"]
+    ckpts = run.dir / "checkpoints"
+    calls = []
+    real = runs_module.evaluate_split
+
+    def counting(*args, **kwargs):
+        calls.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runs_module, "evaluate_split", counting)
+    device = resolve_device("cpu")
+    apart = runs_module._evaluate_checkpoints(run.dir, cfg, "baseline", run.map_method, device)
+    assert len(calls) == 2 * (1 if (ckpts / "b-loc.pt").samefile(ckpts / "b-cl.pt") else 2)
+    for name in ("b-loc", "b-cl"):
+        assert apart[name]["pxap"] == run.test(name)["pxap"]
+    # make the two one file, as train._save_best does for one epoch: one evaluation
+    shared = run.dir.parent / "shared-checkpoints"
+    shared.mkdir()
+    (shared / "b-loc.pt").write_bytes((ckpts / "b-loc.pt").read_bytes())
+    (shared / "b-cl.pt").hardlink_to(shared / "b-loc.pt")
+    one_dir = run.dir.parent / "one-file-run"
+    one_dir.mkdir()
+    (one_dir / "checkpoints").symlink_to(shared)
+    calls.clear()
+    once = runs_module._evaluate_checkpoints(one_dir, cfg, "baseline", run.map_method, device)
+    assert len(calls) == 2  # valpx and test, for one checkpoint
+    assert once["b-cl"] == once["b-loc"] == apart["b-loc"]
+    assert once["b-cl"] is not once["b-loc"]  # copies: editing one never changes the other
