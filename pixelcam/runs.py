@@ -208,9 +208,8 @@ def _evaluate_checkpoints(run_dir: Path, cfg: Config, kind: str, map_method: str
     valpx = eval_loader(dataset(cfg, "valpx"), cfg.eval_batch_size, cfg.num_workers, device)
     test = eval_loader(dataset(cfg, "test"), cfg.eval_batch_size, cfg.num_workers, device)
     out: dict[str, Any] = {}
-    files: dict[str, Path] = {}
+    files = {name: run_dir / "checkpoints" / f"{name}.pt" for name in CHECKPOINTS}
     for name in CHECKPOINTS:
-        files[name] = run_dir / "checkpoints" / f"{name}.pt"
         same = next((n for n in out if files[n].samefile(files[name])), None)
         if same is not None:
             out[name] = copy.deepcopy(out[same])

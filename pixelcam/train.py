@@ -536,15 +536,16 @@ def fit(model: WSOLModel, cfg: Config, phase: PhaseSpec, *, train_ds: Dataset, v
                 if cfg.resume_state or stop:  # the same on every rank: the gather stays in step
                     rngs = _rng_states(gen, loader)
                     ranks = distributed.gather(rngs) if world > 1 else None
-                if main and (cfg.resume_state or stop):
-                    state = {
-                        "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "history": result.history,
-                        "best": result.best, "best_score": best_score, **rngs,
-                    }
-                    if ranks is not None:
-                        state["ranks"] = ranks
-                    save_torch(state, state_path)
+                    if main:
+                        state = {
+                            "epoch": epoch, "model": model.state_dict(),
+                            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                            "history": result.history, "best": result.best,
+                            "best_score": best_score, **rngs,
+                        }
+                        if ranks is not None:
+                            state["ranks"] = ranks
+                        save_torch(state, state_path)
                 pending.clear()
                 last_write = _clock()
             clock["state_s"] = time.perf_counter() - tick

@@ -449,7 +449,7 @@ def test_a_module_with_a_buffer_outside_its_state_dict_is_built_the_ordinary_way
                                                     if not k.endswith("running_mean")})
 
 
-def test_checkpoints_of_one_epoch_are_evaluated_once(trained, monkeypatch):
+def test_checkpoints_of_one_epoch_are_evaluated_once(trained, monkeypatch, tmp_path):
     """B-LOC and B-CL of the same epoch are one file: one test evaluation, copied."""
     import pixelcam.runs as runs_module
 
@@ -470,15 +470,12 @@ def test_checkpoints_of_one_epoch_are_evaluated_once(trained, monkeypatch):
     for name in ("b-loc", "b-cl"):
         assert apart[name]["pxap"] == run.test(name)["pxap"]
     # make the two one file, as train._save_best does for one epoch: one evaluation
-    shared = run.dir.parent / "shared-checkpoints"
-    shared.mkdir()
-    (shared / "b-loc.pt").write_bytes((ckpts / "b-loc.pt").read_bytes())
-    (shared / "b-cl.pt").hardlink_to(shared / "b-loc.pt")
-    one_dir = run.dir.parent / "one-file-run"
-    one_dir.mkdir()
-    (one_dir / "checkpoints").symlink_to(shared)
+    one_file = tmp_path / "checkpoints"
+    one_file.mkdir()
+    (one_file / "b-loc.pt").write_bytes((ckpts / "b-loc.pt").read_bytes())
+    (one_file / "b-cl.pt").hardlink_to(one_file / "b-loc.pt")
     calls.clear()
-    once = runs_module._evaluate_checkpoints(one_dir, cfg, "baseline", run.map_method, device)
+    once = runs_module._evaluate_checkpoints(tmp_path, cfg, "baseline", run.map_method, device)
     assert len(calls) == 2  # valpx and test, for one checkpoint
     assert once["b-cl"] == once["b-loc"] == apart["b-loc"]
     assert once["b-cl"] is not once["b-loc"]  # copies: editing one never changes the other
