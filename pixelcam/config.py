@@ -141,6 +141,7 @@ class Config:
     ttest_resamples: int = 29  # bootstrap resamples of the test set for the paired t-test
     tsne_images: int = 3  # images per class in the t-SNE figures
     tsne_pixels: int = 400  # pixel features per image in a t-SNE panel
+    timing_repeats: int = 10  # timed passes per Table 11 row (median), after 2 warm-up passes
 
     def __post_init__(self) -> None:
         _check_choices(self)
@@ -216,7 +217,7 @@ RUNTIME_KEYS = frozenset(
     {"select", "eval_batch_size", "device", "num_workers", "cache_dir", "figure_images",
      "table_methods", "table_negev", "table_unet", "datasets", "glas", "camelyon16",
      "backbones", "n_values", "lam_values", "stain_levels", "stain_levels_file", "ttest_resamples",
-     "tsne_images", "tsne_pixels", "compile", "seeds", "image_cache_mb",
+     "tsne_images", "tsne_pixels", "timing_repeats", "compile", "seeds", "image_cache_mb",
      "state_every_s", "resume_state"}
 )
 # Keys that only the PixelCAM phase reads: a baseline is shared by every value of these.
@@ -251,6 +252,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "synthetic_seed": (0, None, True, True),
     "stain_levels": (1, None, True, True), "ttest_resamples": (0, None, True, True),
     "tsne_images": (1, None, True, True), "tsne_pixels": (10, None, True, True),
+    "timing_repeats": (1, None, True, True),
 }
 
 
@@ -524,9 +526,13 @@ def unet_key(cfg: Config) -> str:
     return _digest({"v": HASH_VERSION, "stage": "unet", **d})
 
 
+NEGEV_VERSION = 2  # 2: the decoder's init is seeded (before, it took the process's RNG state)
+
+
 def negev_key(cfg: Config) -> str:
     """NEGEV: the baseline it decodes plus the seeding settings."""
-    return _digest({"v": HASH_VERSION, "stage": "negev", "pixelcam": pixelcam_key(cfg)})
+    return _digest({"v": HASH_VERSION, "stage": "negev", "negev": NEGEV_VERSION,
+                    "pixelcam": pixelcam_key(cfg)})
 
 
 def params_hash(cfg: Config) -> str:

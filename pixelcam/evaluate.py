@@ -65,6 +65,7 @@ class SplitResult:
     n_images: int
     per_image: dict[str, list[Any]] = field(default_factory=dict)
     metric: PxAP | None = None
+    n_correct: int = 0  # images whose predicted class is their label
     # pooled PxAP of each bootstrap resample of the split, paired across models (Table 2)
     resampled_pxap: list[float] = field(default_factory=list)
 
@@ -130,6 +131,7 @@ def evaluate_split(model: torch.nn.Module, loader: DataLoader, method: str,
     return SplitResult(
         accuracy=accuracy, pxap=pxap, rates=rates, n_images=total,
         per_image=per_image if with_per_image else {}, metric=metric if has_masks else None,
+        n_correct=correct,
         resampled_pxap=(resampled.compute().tolist()
                         if has_masks and resampled is not None else []),
     )
@@ -140,8 +142,9 @@ def image_logits(output: Any) -> torch.Tensor:
     return output.logits if hasattr(output, "logits") else output[1]
 
 
-def accuracy_only(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> float:
-    """Classification accuracy with no maps: the cheap B-CL criterion."""
+def correct_count(model: torch.nn.Module, loader: DataLoader,
+                  device: torch.device) -> tuple[int, int]:
+    """(correctly classified, total) images of a split, with no maps: the cheap B-CL pass."""
     model.eval()
     correct = 0
     total = 0
@@ -150,6 +153,12 @@ def accuracy_only(model: torch.nn.Module, loader: DataLoader, device: torch.devi
             logits = image_logits(model(batch["image"].to(device, non_blocking=True)))
             correct += int((logits.argmax(1).cpu() == batch["label"]).sum())
             total += int(batch["label"].numel())
+    return correct, total
+
+
+def accuracy_only(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> float:
+    """Classification accuracy (percent) with no maps."""
+    correct, total = correct_count(model, loader, device)
     return 100.0 * correct / max(total, 1)
 
 

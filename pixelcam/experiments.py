@@ -375,13 +375,15 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def complexity_table(cfg: Config, repeats: int = 10) -> pd.DataFrame:
+def complexity_table(cfg: Config, repeats: int | None = None) -> pd.DataFrame:
     """Time to a full-size map for one random image, and parameter counts, per Table 11 row.
 
-    Timings are medians over `repeats` after two warm-up passes, on cfg's device; the paper's
-    were taken on an RTX A6000 GPU, so only the ratios between rows compare.
+    Timings are medians over `repeats` (default: cfg.timing_repeats) after two warm-up passes,
+    on cfg's device; the paper's were taken on an RTX A6000 GPU, so only the ratios between
+    rows compare.
     """
     device = resolve_device(cfg.device)
+    repeats = cfg.timing_repeats if repeats is None else repeats
     paper = paper_table("table11")["rows"]
     rows = []
     size = (cfg.image_size, cfg.image_size)

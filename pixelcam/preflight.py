@@ -9,7 +9,8 @@ own data roots and weights, changing only:
 * the epochs: 1 per phase (both datasets' blocks too);
 * notebook 03's stain levels: at most one per train image of the subset (each level is fitted on
   its own image of the other dataset); notebook 12's t-SNE panels: 1 image per class, 100 pixels
-  each (CPU-bound t-SNE took 6 of a 16-minute CPU preflight);
+  each (CPU-bound t-SNE took 6 of a 16-minute CPU preflight); notebook 09's timings: 1 timed
+  pass per row after the 2 warm-up passes, instead of 10;
 * the device, when asked (`-p device=cpu`), and on a CPU the batch sizes, which are capped at
   the subset's size so that a laptop does not push 32 full-size images through ResNet-50 per step
   (a GPU keeps the profile's batch sizes: their memory is part of what a preflight checks), and
@@ -99,7 +100,8 @@ def overrides(profile_cfgs: Mapping[str, Config], overrides_in: Mapping[str, Any
         for name in cfg.dataset_names + ([cfg.cam_source] if cfg.cam_source else []):
             covered.setdefault(name, cfg.for_dataset(name))
     extra: dict[str, Any] = {"epochs": 1, "pixelcam_epochs": 1, "tsne_images": 1,
-                             "tsne_pixels": TSNE_PIXELS, "cache_dir": str(work_dir / "cache"),
+                             "tsne_pixels": TSNE_PIXELS, "timing_repeats": 1,
+                             "cache_dir": str(work_dir / "cache"),
                              # its cache is emptied at each start: a resume state is never read
                              "resume_state": False}
     # notebook 03 fits each stain level on its own image of the other dataset's train split

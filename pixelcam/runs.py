@@ -114,12 +114,20 @@ def new_model(cfg: Config, pixel: bool) -> torch.nn.Module:
         )
 
 
+def new_negev(cfg: Config, classifier: torch.nn.Module) -> NEGEV:
+    """NEGEV on `classifier`; its decoder's init is seeded, not left to whatever the process
+    drew before (a baseline trained in the same process, or read from the cache)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return NEGEV(classifier, freeze=True)
+
+
 def model_for(kind: str, cfg: Config) -> torch.nn.Module:
     """The architecture of a run kind, freshly (and reproducibly) initialised."""
     if kind in ("baseline", "pixelcam"):
         return new_model(cfg, pixel=kind == "pixelcam")
     if kind == "negev":  # the decoder's frozen classifier is the baseline architecture
-        return NEGEV(new_model(cfg, pixel=False), freeze=True)
+        return new_negev(cfg, new_model(cfg, pixel=False))
     if kind == "unet":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
@@ -200,12 +208,16 @@ class Run:
 
 
 def _evaluate_checkpoints(run_dir: Path, cfg: Config, kind: str, map_method: str,
-                          device: torch.device) -> dict[str, Any]:
+                          device: torch.device,
+                          thresholds: dict[str, float] | None = None) -> dict[str, Any]:
     """Both checkpoints on test; rates at the test oracle and at the valpx-tuned threshold.
 
-    When B-LOC and B-CL are the same epoch they are one file (train._save_best), evaluated once.
+    `thresholds` gives a checkpoint's valpx threshold as validation measured it at its epoch
+    (same weights, same maps); a checkpoint without one gets a valpx pass here. When B-LOC and
+    B-CL are the same epoch they are one file (train._save_best), evaluated once.
     """
-    valpx = eval_loader(dataset(cfg, "valpx"), cfg.eval_batch_size, cfg.num_workers, device)
+    thresholds = thresholds or {}
+    valpx = None
     test = eval_loader(dataset(cfg, "test"), cfg.eval_batch_size, cfg.num_workers, device)
     out: dict[str, Any] = {}
     files = {name: run_dir / "checkpoints" / f"{name}.pt" for name in CHECKPOINTS}
@@ -215,16 +227,29 @@ def _evaluate_checkpoints(run_dir: Path, cfg: Config, kind: str, map_method: str
             out[name] = copy.deepcopy(out[same])
             continue
         model = model_holding(kind, cfg, _weights(run_dir, name)).to(device)
-        val = evaluate_split(model, valpx, map_method, device, with_per_image=False,
-                             resamples=0)
+        threshold = thresholds.get(name)
+        if threshold is None:
+            if valpx is None:
+                valpx = eval_loader(dataset(cfg, "valpx"), cfg.eval_batch_size,
+                                    cfg.num_workers, device)
+            threshold = evaluate_split(model, valpx, map_method, device, with_per_image=False,
+                                       resamples=0).metric.best_miou_threshold()
         res = evaluate_split(model, test, map_method, device, resamples=cfg.ttest_resamples,
                              resample_seed=cfg.seed)
         entry = res.to_dict()
-        threshold = val.metric.best_miou_threshold()
         entry["rates_valpx_threshold"] = res.metric.rates(threshold)
         entry["valpx_threshold"] = threshold
         out[name] = entry
     return out
+
+
+def _selected_thresholds(history: list[dict[str, Any]],
+                         best: dict[str, int]) -> dict[str, float]:
+    """The valpx threshold that validation measured at each checkpoint's epoch, where the
+    history has one (runs resumed from a state written before it was kept have none)."""
+    rows = {row["epoch"]: row for row in history}
+    return {name: rows[epoch]["valpx_threshold"] for name, epoch in best.items()
+            if "valpx_threshold" in rows.get(epoch, {})}
 
 
 def _history_of(fitted: FitResult, map_method: str | None = None) -> list[dict[str, Any]]:
@@ -235,6 +260,8 @@ def _history_of(fitted: FitResult, map_method: str | None = None) -> list[dict[s
         kept = {k: v for k, v in row.items() if "@" not in k}
         if map_method:
             kept["valpx_pxap"] = row[f"valpx_pxap@{map_method}"]
+            if f"valpx_threshold@{map_method}" in row:
+                kept["valpx_threshold"] = row[f"valpx_threshold@{map_method}"]
         rows.append(kept)
     return rows
 
@@ -281,9 +308,11 @@ def _train_run(kind: str, key: str, run_dir: Path, cfg: Config, phase: PhaseSpec
     for leftover in (run_dir / "checkpoints").glob("b-loc@*.pt"):  # a sibling finished elsewhere
         leftover.unlink()
     own_best = {k: v for k, v in fitted.best.items() if "@" not in k}
+    history = _history_of(fitted)
     t_eval = time.perf_counter()
-    test = _evaluate_checkpoints(run_dir, cfg, kind, phase.map_method, device)
-    results = _results(kind, key, cfg, phase.map_method, own_best, _history_of(fitted), test,
+    test = _evaluate_checkpoints(run_dir, cfg, kind, phase.map_method, device,
+                                 _selected_thresholds(history, own_best))
+    results = _results(kind, key, cfg, phase.map_method, own_best, history, test,
                        fitted, t_eval, device, started, extra)
     write_json(run_dir / "results.json", results)  # written last: marks the run complete
     # the resume state (weights + optimiser) is dead weight once the run is complete: ~2x the
@@ -316,7 +345,8 @@ def _write_sibling(run_dir: Path, key: str, cfg: Config, fitted: FitResult,
                   f"{r['valcl_accuracy']:.1f} valpx PxAP {r['valpx_pxap']:.1f}" for r in history]
         write_text(sib_dir / TRAIN_LOG, "\n".join(lines) + "\n")
         t_eval = time.perf_counter()
-        test = _evaluate_checkpoints(sib_dir, cfg, "baseline", cfg.map_method, device)
+        test = _evaluate_checkpoints(sib_dir, cfg, "baseline", cfg.map_method, device,
+                                     _selected_thresholds(history, best))
         write_json(sib_dir / "results.json", _results(
             "baseline", baseline_key(cfg), cfg, cfg.map_method, best, history, test, fitted,
             t_eval, device, started, {"trained_with": key}))
@@ -518,7 +548,7 @@ def get_negev(cfg: Config, log: Log = note, baseline: Run | None = None) -> Run:
         log(f"[negev] training a decoder on the frozen {cfg.init_checkpoint} baseline into "
             f"{run_dir}")
         phase = PhaseSpec("negev", "negev", cfg.total_pixelcam_epochs)
-        return _train_run("negev", key, run_dir, cfg, phase, NEGEV(classifier, freeze=True),
+        return _train_run("negev", key, run_dir, cfg, phase, new_negev(cfg, classifier),
                           dataset(cfg, "train", train=True, cams=cams), log,
                           {"baseline_key": base.key})
 

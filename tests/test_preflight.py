@@ -50,7 +50,7 @@ def test_paper_overrides_change_only_images_epochs_device_batches(roots, tmp_pat
     changed = {k.split(".")[-1] for k in extra}
     assert changed == {"epochs", "pixelcam_epochs", "cache_dir", "fold_dir", "data_root",
                        "batch_size", "eval_batch_size", "num_workers", "stain_levels",
-                       "tsne_images", "tsne_pixels", "resume_state"}
+                       "tsne_images", "tsne_pixels", "timing_repeats", "resume_state"}
     assert extra["resume_state"] is False  # its cache is emptied at each start: never resumed
     cfg = load_config(files["01_main_tables"], {"device": "cpu", **extra})
     for name in ("glas", "camelyon16"):

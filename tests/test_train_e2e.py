@@ -479,3 +479,97 @@ def test_checkpoints_of_one_epoch_are_evaluated_once(trained, monkeypatch, tmp_p
     assert len(calls) == 2  # valpx and test, for one checkpoint
     assert once["b-cl"] == once["b-loc"] == apart["b-loc"]
     assert once["b-cl"] is not once["b-loc"]  # copies: editing one never changes the other
+
+
+def test_test_rates_use_the_valpx_threshold_measured_at_the_selected_epoch(trained, monkeypatch):
+    """Validation keeps each epoch's valpx threshold, so the test evaluation of a checkpoint
+    needs no second valpx pass; the numbers are those of that second pass."""
+    import pixelcam.runs as runs_module
+
+    cfg, runs, _ = trained
+    device = resolve_device("cpu")
+    for kind in ("baseline", "pixelcam"):
+        run = runs[kind]
+        rows = {r["epoch"]: r for r in run.results["history"]}
+        for name in ("b-loc", "b-cl"):
+            chosen = rows[run.results["best_epoch"][name]]
+            assert run.test(name)["valpx_threshold"] == chosen["valpx_threshold"]
+        run_cfg = run.config
+        again = runs_module._evaluate_checkpoints(run.dir, run_cfg, kind, run.map_method, device)
+        assert again == run.results["test"], kind  # a valpx pass per checkpoint: same entries
+    calls = []
+    real = runs_module.evaluate_split
+
+    def counting(*args, **kwargs):
+        calls.append(args[1].dataset.split)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runs_module, "evaluate_split", counting)
+    run = runs["baseline"]
+    best = run.results["best_epoch"]
+    thresholds = runs_module._selected_thresholds(run.results["history"], best)
+    runs_module._evaluate_checkpoints(run.dir, cfg, "baseline", run.map_method, device,
+                                      thresholds)
+    assert set(calls) == {"test"}  # no valpx pass
+    # a history without thresholds (a run resumed from an older state) gets the valpx pass
+    old = [{k: v for k, v in r.items() if k != "valpx_threshold"}
+           for r in run.results["history"]]
+    assert runs_module._selected_thresholds(old, best) == {}
+
+
+@pytest.mark.parametrize("kind,method", [("baseline", "layercam"), ("baseline", "deepmil"),
+                                         ("baseline", "sat"), ("pixelcam", "layercam"),
+                                         ("negev", "layercam")])
+def test_valcl_accuracy_counts_valpx_images_from_their_map_pass(kind, method, tmp_path):
+    """valpx lies inside valcl: validation scores valpx's images once, with their maps, and
+    the rest of valcl without; the scores and torch's RNG stream are the two-pass ones."""
+    from pixelcam.evaluate import eval_loader
+    from pixelcam.runs import model_for
+    from pixelcam.train import _valcl_outside_valpx, _validate
+
+    sat = {"image_size": 224, "resize_size": 256} if method == "sat" else {}  # DeiT-Tiny/16
+    cfg = load_config(None, {**TINY, **sat, "method": method, "cache_dir": str(tmp_path)})
+    torch.manual_seed(3)
+    model = model_for(kind, cfg)
+    valcl_ds, valpx_ds = dataset(cfg, "valcl"), dataset(cfg, "valpx")
+    rest = _valcl_outside_valpx(valcl_ds, valpx_ds)
+    outside = {valcl_ds.records[i].image_id for i in rest.indices}
+    assert outside == ({r.image_id for r in valcl_ds.records}
+                       - {r.image_id for r in valpx_ds.records}) and len(outside) == 2
+    map_method = {"baseline": cfg.map_method, "pixelcam": "pixelcam", "negev": "negev"}[kind]
+    phase = PhaseSpec(kind, map_method, 1)
+    device = resolve_device("cpu")
+    valcl, valpx, rest_loader = (eval_loader(d, 3) for d in (valcl_ds, valpx_ds, rest))
+    torch.manual_seed(5)
+    two_passes = _validate(model, valcl, valpx, phase, device)
+    after = torch.get_rng_state()
+    torch.manual_seed(5)
+    merged = _validate(model, valcl, valpx, phase, device, rest_loader)
+    assert merged == two_passes and 0 <= merged["valcl_accuracy"] <= 100
+    assert torch.equal(torch.get_rng_state(), after)
+    # valcl = valpx (the preflight's one image per class): an empty pass keeps the RNG stream
+    nothing = _valcl_outside_valpx(valpx_ds, valpx_ds)
+    assert len(nothing) == 0
+    torch.manual_seed(5)
+    two_passes = _validate(model, valpx, valpx, phase, device)
+    after = torch.get_rng_state()
+    torch.manual_seed(5)
+    assert _validate(model, valpx, valpx, phase, device, eval_loader(nothing, 3)) == two_passes
+    assert torch.equal(torch.get_rng_state(), after)
+    # valpx images that valcl lacks, or datasets without records: the plain valcl pass
+    assert _valcl_outside_valpx(valpx_ds, dataset(cfg, "test")) is None
+    assert _valcl_outside_valpx(rest, valpx_ds) is None
+
+
+def test_negev_gives_the_same_numbers_whatever_the_process_drew_before(tmp_path):
+    """NEGEV's decoder init is seeded: its run is the same whether its baseline was trained
+    just before in the same process or read from the cache after other random draws."""
+    first = load_config(None, {**TINY, "cache_dir": str(tmp_path / "a")})
+    fresh = get_negev(first, log=lambda s: None)  # trains its baseline first, in-process
+    second = first.replace(cache_dir=str(tmp_path / "b"))
+    get_baseline(second, log=lambda s: None)
+    torch.rand(1000)  # whatever else the process did meanwhile
+    later = get_negev(second, log=lambda s: None)
+    assert later.key == fresh.key
+    for field in ("history", "best_epoch", "test"):
+        assert later.results[field] == fresh.results[field], field
