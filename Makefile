@@ -7,9 +7,13 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 PROFILE ?= quick
 ONLY   ?=
+# per-cell time limits in seconds (none by default): CELL_TIMEOUT for cells that train nothing,
+# TRAIN_TIMEOUT for cells that train (their training keeps its resume state)
+CELL_TIMEOUT  ?=
+TRAIN_TIMEOUT ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: install reports preflight-ci test lint lab clean-notebooks bench clean-outputs
+.PHONY: install reports preflight-ci test lint lab clean-notebooks bench gpu-check clean-outputs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +24,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 reports: install
-	$(VENV)/bin/pixelcam reports --profile $(PROFILE) $(if $(ONLY),--only $(ONLY))
+	$(VENV)/bin/pixelcam reports --profile $(PROFILE) $(if $(ONLY),--only $(ONLY)) \
+	  $(if $(CELL_TIMEOUT),--cell-timeout $(CELL_TIMEOUT)) \
+	  $(if $(TRAIN_TIMEOUT),--train-timeout $(TRAIN_TIMEOUT))
 
 # the paper profile's preflight on the committed GlaS sample and synthetic slides (CPU, no weights)
 preflight-ci: install
@@ -32,6 +38,11 @@ test: install
 bench: install
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 	@echo "== summary"; $(PY) benchmarks/summary.py
+
+# on a GPU node: CUDA seen, paper preflight of notebook 01, CUDA benchmarks, LayerCAM GPU vs CPU
+# -> outputs/gpu-check.json (about 10 minutes; docs/reproduce-the-paper.md)
+gpu-check: install
+	$(PY) benchmarks/gpu_check.py
 
 lint: install
 	$(VENV)/bin/ruff check pixelcam tests benchmarks

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from pixelcam.config import load_config, parse_override
-from pixelcam.errors import PixelCamError, TrainingInterrupted
+from pixelcam.errors import ConfigError, PixelCamError, TrainingInterrupted
 
 
 def _overrides(items: list[str]) -> dict:
@@ -29,10 +29,52 @@ def cmd_reports(args: argparse.Namespace) -> int:
         run_plan(args.profile, root, [nb.stem for nb in notebooks], _overrides(args.param))
         return 0
 
+    outputs = Path(args.outputs).resolve() if args.outputs else None
+    if args.submit:
+        return _submit(args, outputs)
     return run_reports(args.profile, Path(args.root).resolve(), only=args.only,
                        overrides=_overrides(args.param), cell_timeout=args.cell_timeout,
-                       outputs=Path(args.outputs).resolve() if args.outputs else None,
+                       train_timeout=args.train_timeout, outputs=outputs,
                        shard_spec=args.shard, preflight=args.preflight)
+
+
+def _submit(args: argparse.Namespace, outputs: Path | None) -> int:
+    from pixelcam import submit
+
+    for flag, given in (("--preflight", args.preflight), ("--shard", args.shard),
+                        ("--cell-timeout", args.cell_timeout),
+                        ("--train-timeout", args.train_timeout)):
+        if given:
+            raise ConfigError(f"--submit runs every training as a job and takes no {flag}: "
+                              + ("run the preflight in one interactive job instead (see "
+                                 "docs/reproduce-the-paper.md)" if flag == "--preflight" else
+                                 "the jobs replace shards" if flag == "--shard" else
+                                 "each job's limit is --time"))
+    extra = dict(_key_value(item, "--slurm-extra") for item in args.slurm_extra)
+    resources = submit.Resources(
+        executor=args.submit, time_min=submit.parse_time(args.time) if args.time else None,
+        gpus_per_job=args.gpus_per_job, cpus_per_job=args.cpus_per_job, mem_gb=args.mem_gb,
+        partition=args.slurm_partition, account=args.slurm_account, qos=args.slurm_qos,
+        constraint=args.slurm_constraint, setup=tuple(args.slurm_setup),
+        signal_delay_s=args.signal_delay, max_requeues=args.max_requeues,
+        parallel=args.parallel, extra=extra)
+    return submit.submit(args.profile, Path(args.root).resolve(), resources, only=args.only,
+                         overrides=_overrides(args.param), outputs=outputs)
+
+
+def _key_value(item: str, flag: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"{flag} {item!r} is not KEY=VALUE, e.g. {flag} gres=gpu:a100:1")
+    return key.strip(), value.strip()
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from pixelcam import submit
+
+    counts = submit.status(args.profile, Path(args.root).resolve(),
+                           Path(args.outputs).resolve() if args.outputs else None)
+    return 1 if counts.get("failed") else 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -148,10 +190,14 @@ def cmd_weights(args: argparse.Namespace) -> int:
               "pretrained: timm)")
         return 0
     if args.action == "list":
+        missing = [tag for tag in tags if not weights.cached_weights_file(tag)]
         for tag in tags:
-            print(f"{tag:<34} cached: {'yes' if weights.cached_weights_file(tag) else 'no'}")
+            print(f"{tag:<34} cached: {'no' if tag in missing else 'yes'}")
         print(f"cache: {weights.hub_cache_dir()}")
-        return 0
+        if missing:  # a job script can check the cache before it queues anything
+            print(f"{len(missing)} missing: `pixelcam weights fetch --profile {args.profile}` on "
+                  "a machine with network, into this cache")
+        return 1 if missing else 0
     for tag in tags:
         status = weights.fetch_weights([tag])[tag]
         print(f"{tag:<34} {status}: {weights.cached_weights_file(tag)}")
@@ -167,7 +213,8 @@ def _add_weights(sub: argparse._SubParsersAction) -> None:
                     "`pretrained: timm` into the standard Hugging Face cache (HF_HUB_CACHE, "
                     "else HF_HOME/hub). Run it once on a machine with network; runs never "
                     "download and read that cache only.")
-    listing = actions.add_parser("list", help="the weights a profile needs, and whether cached")
+    listing = actions.add_parser(
+        "list", help="the weights a profile needs, and whether cached (exit 1: some are not)")
     for p in (fetch, listing):
         p.add_argument("--profile", default="paper", help="params/<profile>/ to read")
         p.add_argument("--root", default=".", help="project folder holding params/")
@@ -175,6 +222,55 @@ def _add_weights(sub: argparse._SubParsersAction) -> None:
     fetch.add_argument("--tag", action="append", default=[], metavar="ARCH.TAG",
                        help="fetch this timm tag instead of the profile's (repeatable), e.g. "
                             "resnet50.tv_in1k")
+
+
+def _add_submit(rep: argparse.ArgumentParser) -> None:
+    sub = rep.add_argument_group(
+        "jobs (--submit)", "every training of the plan as one scheduler job (submitit), then one "
+        "job that renders the reports from the run cache; a job that reaches --time is requeued "
+        "and resumes. Submitting again sends only what is not done; `pixelcam jobs status` "
+        "shows each training")
+    sub.add_argument("--submit", choices=("slurm", "local"),
+                     help="slurm: queue the jobs on a SLURM cluster and return; local: run them "
+                          "on this machine, one per visible GPU (or --parallel CPU jobs) at a "
+                          "time, then the reports")
+    sub.add_argument("--time", metavar="HH:MM:SS",
+                     help="wall time of each job (slurm: required; local: default no limit)")
+    sub.add_argument("--gpus-per-job", type=int, default=1, choices=(0, 1),
+                     help="1 (default) or 0 for CPU jobs")
+    sub.add_argument("--cpus-per-job", type=int, default=None,
+                     help="CPU cores per job (slurm --cpus-per-task; torch threads)")
+    sub.add_argument("--mem-gb", type=int, default=None, help="memory per job (slurm --mem)")
+    sub.add_argument("--parallel", type=int, default=0, metavar="N",
+                     help="local: jobs at once (default: one per visible GPU, else 1)")
+    sub.add_argument("--slurm-partition", help="slurm --partition")
+    sub.add_argument("--slurm-account", help="slurm --account")
+    sub.add_argument("--slurm-qos", help="slurm --qos")
+    sub.add_argument("--slurm-constraint", help="slurm --constraint, e.g. a100")
+    sub.add_argument("--slurm-setup", action="append", default=[], metavar="LINE",
+                     help="a shell line each job runs first (repeatable), e.g. "
+                          "'module load cuda/12.4'")
+    sub.add_argument("--slurm-extra", action="append", default=[], metavar="KEY=VALUE",
+                     help="another sbatch option (repeatable), e.g. gres=gpu:a100:1")
+    sub.add_argument("--signal-delay", type=int, default=120, metavar="SECONDS",
+                     help="the requeue signal comes this long before --time (default 120)")
+    sub.add_argument("--max-requeues", type=int, default=10,
+                     help="time-outs after which a job is not requeued again (default 10)")
+
+
+def _add_jobs(sub: argparse._SubParsersAction) -> None:
+    jobs = sub.add_parser("jobs", help="the jobs of `pixelcam reports --submit`")
+    actions = jobs.add_subparsers(dest="action", required=True)
+    st = actions.add_parser(
+        "status", help="each training of the last submission: done / running / pending / "
+                       "failed / not submitted, with its job and log",
+        description="Each training that the last `pixelcam reports --submit` of the profile "
+                    "planned, with its state, job id and log, then the reports job. Exits 1 "
+                    "when a training failed: submit again to resume it.")
+    st.add_argument("--profile", default="paper", help="the profile that was submitted")
+    st.add_argument("--root", default=".", help="project folder holding notebooks/ and params/")
+    st.add_argument("--outputs", help="the --outputs given at submission")
+    st.set_defaults(func=cmd_jobs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,7 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a params key in every notebook (repeatable)")
     rep.add_argument("--root", default=".", help="project folder holding notebooks/ and params/")
     rep.add_argument("--outputs", help="folder for the reports (default: <root>/outputs)")
-    rep.add_argument("--cell-timeout", type=int, default=3600, help="seconds per notebook cell")
+    rep.add_argument("--cell-timeout", type=float, default=None, metavar="SECONDS",
+                     help="stop a notebook cell that trains nothing after this long (a hung "
+                          "evaluation); default: no limit")
+    rep.add_argument("--train-timeout", type=float, default=None, metavar="SECONDS",
+                     help="stop a notebook cell that trains after this long; default: no limit. "
+                          "The training keeps its resume state: the same command goes on")
     rep.add_argument("--shard", metavar="I/N",
                      help="run notebooks I, I+N, I+2N, ... only (1 <= I <= N), e.g. one per GPU "
                           "or SLURM array task; the run cache and its locks are shared")
@@ -201,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="every notebook of the profile on a few images per split, 1 epoch per "
                           "phase, into outputs/<profile>-preflight: minutes that tell whether "
                           "the full run will reach its end")
+    _add_submit(rep)
     rep.set_defaults(func=cmd_reports)
 
     tr = sub.add_parser("train", help="train (or reuse) a baseline and its PixelCAM model")
@@ -213,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_data(sub)
     _add_weights(sub)
+    _add_jobs(sub)
     return parser
 
 

@@ -121,6 +121,9 @@ class Config:
     # cache at each start), which spares writing about twice the model per run. The B-LOC/B-CL
     # weights go to disk at the same points either way, and a SIGTERM still writes the state
     resume_state: bool = True
+    # read every run from the run cache and never train one (a run that is not finished is an
+    # error): the reports job of `pixelcam reports --submit`, after the training jobs
+    cached_only: bool = False
     cache_dir: str = ".cache/pixelcam"
     figure_images: int = 4  # images per class in map grids
     # which rows a table trains and shows (comma-separated baselines; NEGEV; the U-Net bound)
@@ -218,7 +221,7 @@ RUNTIME_KEYS = frozenset(
      "table_methods", "table_negev", "table_unet", "datasets", "glas", "camelyon16",
      "backbones", "n_values", "lam_values", "stain_levels", "stain_levels_file", "ttest_resamples",
      "tsne_images", "tsne_pixels", "timing_repeats", "compile", "seeds", "image_cache_mb",
-     "state_every_s", "resume_state"}
+     "state_every_s", "resume_state", "cached_only"}
 )
 # Keys that only the PixelCAM phase reads: a baseline is shared by every value of these.
 PIXELCAM_KEYS = frozenset(

@@ -111,6 +111,10 @@ class PlannedTraining:
         cfg = self.run.config
         return row_label(self.run.kind, cfg.method)
 
+    @property
+    def architecture(self) -> str:
+        return _architecture(self.run.config)
+
 
 def split_sizes(cfg: Config) -> dict[str, int]:
     """Images in each split of cfg's data (the synthetic set's from its spec, unwritten)."""

@@ -18,7 +18,7 @@ PACKAGES = ("pixelcam-kit", "torch", "torchvision", "timm", "numpy", "scipy", "p
 
 
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="milliseconds")
 
 
 def versions() -> dict[str, str]:

@@ -26,12 +26,13 @@ from pixelcam.errors import ConfigError
 from pixelcam.watch import Watch
 
 KERNEL = "python3"
+TRAINS_TAG = "trains"  # the tag of a notebook cell that may train (pixelcam.plan lists what)
 
 
 @dataclass
 class NotebookResult:
     name: str
-    status: str  # ok | failed | kernel died | bad params
+    status: str  # ok | failed | timed out | kernel died | bad params
     seconds: float
     error: str = ""
     html: str = ""
@@ -89,10 +90,45 @@ def render_html(executed: Path, target: Path) -> None:
     write_text(target, body)
 
 
-def _error_line(exc: BaseException) -> tuple[str, str]:
-    from nbclient.exceptions import DeadKernelError
+def trains(cell: Mapping[str, Any]) -> bool:
+    """Whether a notebook cell may train (it is tagged TRAINS_TAG)."""
+    return TRAINS_TAG in cell.get("metadata", {}).get("tags", [])
+
+
+class CellTimeouts:
+    """The per-cell limits papermill applies: `cell_timeout` to a cell that trains nothing,
+    `train_timeout` to one that trains (tagged TRAINS_TAG); None = no limit. Remembers the
+    cell it was last asked about, the one that timed out when one does."""
+
+    def __init__(self, cell_timeout: float | None, train_timeout: float | None) -> None:
+        self.cell_timeout, self.train_timeout = cell_timeout, train_timeout
+        self.last: Any = None
+
+    def __call__(self, cell: Mapping[str, Any]) -> int | None:
+        self.last = cell
+        limit = self.train_timeout if trains(cell) else self.cell_timeout
+        return None if limit is None else max(1, int(limit))
+
+    def message(self) -> str:
+        """What the user reads when a cell ran past its limit."""
+        count = (self.last or {}).get("execution_count")
+        where = f"cell [{count}]" if count else "a cell"
+        if self.last is not None and trains(self.last):
+            return (f"{where} trains and ran past --train-timeout {self.train_timeout:g} s; "
+                    "the training it ran keeps its resume state (written at most "
+                    "state_every_s seconds before): run the same command again to go on from "
+                    "there, without --train-timeout or with a longer one")
+        return (f"{where} ran past --cell-timeout {self.cell_timeout:g} s (it trains nothing: "
+                "a hung evaluation or figure?); run again with a longer --cell-timeout, or "
+                "without one")
+
+
+def _error_line(exc: BaseException, timeouts: CellTimeouts | None = None) -> tuple[str, str]:
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
+    if isinstance(exc, CellTimeoutError) and timeouts is not None:
+        return "timed out", timeouts.message()
     if isinstance(exc, PapermillExecutionError):
         return "failed", f"{exc.ename}: {exc.evalue} (cell {exc.exec_count})"
     if isinstance(exc, DeadKernelError):
@@ -101,11 +137,14 @@ def _error_line(exc: BaseException) -> tuple[str, str]:
 
 
 def run_notebook(notebook: Path, params_file: Path, out_dir: Path, profile: str, cwd: Path,
-                 overrides: Mapping[str, Any] | None = None, cell_timeout: int = 3600,
+                 overrides: Mapping[str, Any] | None = None, cell_timeout: float | None = None,
                  log: Callable[[str], None] = print, position: str = "1/1",
-                 trainings: int | None = None, stream: TextIO | None = None
-                 ) -> NotebookResult:
+                 trainings: int | None = None, stream: TextIO | None = None,
+                 train_timeout: float | None = None) -> NotebookResult:
     """Validate the params, execute the notebook into out_dir, render its HTML.
+
+    No cell has a time limit unless asked: `cell_timeout` limits the cells that train nothing,
+    `train_timeout` those that train (CellTimeouts).
 
     While it runs, a live line (pixelcam.watch) shows its trainings on `stream` (stdout), with
     an ETA when `trainings` (how many it will train) is known."""
@@ -137,11 +176,12 @@ def run_notebook(notebook: Path, params_file: Path, out_dir: Path, profile: str,
     progress_file = out_dir / f".{name}.progress.json"
     previous = os.environ.get(progress.ENV)
     os.environ[progress.ENV] = str(progress_file)  # the kernel inherits it
+    timeouts = CellTimeouts(cell_timeout, train_timeout)
     try:
         with Watch(progress_file, name, position, trainings, stream=stream):
             papermill.execute_notebook(
                 str(notebook), str(executed), kernel_name=KERNEL, cwd=str(cwd),
-                progress_bar=False, execution_timeout=cell_timeout, log_output=False,
+                progress_bar=False, timeout_func=timeouts, log_output=False,
                 # the kernel's "running over TCP without encryption" notice is for servers
                 # reachable by others; a local batch kernel only says errors
                 extra_arguments=["--IPKernelApp.log_level=ERROR"],
@@ -149,7 +189,7 @@ def run_notebook(notebook: Path, params_file: Path, out_dir: Path, profile: str,
                             "output_dir": str(result_dir)},
             )
     except Exception as exc:  # noqa: BLE001 - every failure is reported, the batch goes on
-        status, error = _error_line(exc)
+        status, error = _error_line(exc, timeouts)
         log(f"[{name}] {status}: {error}")
     finally:
         if previous is None:
@@ -236,8 +276,9 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding
 
 def run_reports(profile: str, root: Path, only: list[str] | None = None,
                 overrides: Mapping[str, Any] | None = None, outputs: Path | None = None,
-                cell_timeout: int = 3600, log: Callable[[str], None] = print,
-                shard_spec: str | None = None, preflight: bool = False) -> int:
+                cell_timeout: float | None = None, log: Callable[[str], None] = print,
+                shard_spec: str | None = None, preflight: bool = False,
+                train_timeout: float | None = None) -> int:
     """Run the notebooks of a profile (or of one shard); return 0 only if all succeeded.
 
     The index lists every notebook of the profile with its last outcome, whichever shard ran it.
@@ -254,7 +295,7 @@ def run_reports(profile: str, root: Path, only: list[str] | None = None,
     out_dir = ensure_writable((outputs or root / "outputs") / label)
     overrides = dict(overrides or {})
     params_files = {nb.stem: root / "params" / profile / f"{nb.stem}.yaml" for nb in notebooks}
-    _check_weights(params_files, overrides, profile)
+    check_weights(params_files, overrides, profile)
     if preflight:
         overrides.update(_preflight_overrides(params_files, overrides, root, label, log))
     if shard_spec:
@@ -268,7 +309,7 @@ def run_reports(profile: str, root: Path, only: list[str] | None = None,
         position = f"{i}/{len(notebooks)}"
         results.append(run_notebook(nb, params_files[nb.stem], out_dir, profile, cwd=root,
                                     overrides=overrides, cell_timeout=cell_timeout, log=log,
-                                    position=position,
+                                    position=position, train_timeout=train_timeout,
                                     trainings=_trainings_to_run(profile, root, nb.stem,
                                                                 overrides)))
         log(f"[{position} {nb.stem}] {results[-1].status} in {results[-1].seconds:.0f} s")
@@ -326,8 +367,8 @@ def _runs_needed_later(profile: str, root: Path, names: list[str],
     return [set().union(*uses[i + 1:]) for i in range(len(names))]
 
 
-def _check_weights(params_files: Mapping[str, Path], overrides: Mapping[str, Any],
-                   profile: str) -> None:
+def check_weights(params_files: Mapping[str, Path], overrides: Mapping[str, Any],
+                  profile: str) -> None:
     """Stop before any kernel starts when a pretrained weight the notebooks need is not cached.
 
     A params file that does not load is skipped here: its notebook reports it as bad params.

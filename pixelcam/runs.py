@@ -326,7 +326,7 @@ def _write_sibling(run_dir: Path, key: str, cfg: Config, fitted: FitResult,
                    device: torch.device, started: float, log: Log) -> None:
     """Make the finished baseline run of `cfg` from a training it shared (see `shares_training`):
     its B-LOC by its own map, the common B-CL, its own valpx curve; then its test evaluation."""
-    sib_dir = _run_dir("baseline", baseline_key(cfg), cfg)
+    sib_dir = baseline_dir(cfg)
     with _locked(sib_dir):
         if (sib_dir / "results.json").exists():  # trained meanwhile by another process
             (run_dir / "checkpoints" / f"b-loc@{cfg.map_method}.pt").unlink(missing_ok=True)
@@ -371,6 +371,7 @@ class PlannedRun:
     epochs: int
     cached: bool  # a finished run of this key is in the cache: it would be reused
     shared_with: Path | None = None  # made by the training of that run (see shares_training)
+    needs: tuple[Path, ...] = ()  # runs its training reads (a PixelCAM run: its baseline)
 
     @property
     def status(self) -> str:
@@ -398,17 +399,18 @@ def planning() -> Iterator[dict[Path, PlannedRun]]:
 
 
 def _cached(kind: str, key: str, cfg: Config, log: Log, train: Callable[[Path], Run],
-            epochs: int) -> Run:
+            epochs: int, needs: tuple[Path, ...] = ()) -> Run:
     """Reuse the finished run `<kind>-<key>`, else train it under a lock (checked twice).
 
     Under torchrun rank 0 looks and every rank follows its answer, so all ranks reuse or all
     train together (each rank checking for itself could split them and hang the collectives).
+    With `cached_only` a run that is not finished is an error instead of a training.
     """
     run_dir = _run_dir(kind, key, cfg)
     plan = _planned.get()
     if plan is not None:
         done = (run_dir / "results.json").exists()
-        plan.setdefault(run_dir, PlannedRun(kind, key, run_dir, cfg, epochs, done))
+        plan.setdefault(run_dir, PlannedRun(kind, key, run_dir, cfg, epochs, done, needs=needs))
         return Run(kind, key, run_dir, {"kind": kind, "key": key, "config": cfg.to_dict()},
                    reused=done)
     distributed.init(resolve_device(cfg.device))
@@ -419,6 +421,11 @@ def _cached(kind: str, key: str, cfg: Config, log: Log, train: Callable[[Path], 
 
     if finished() and (run := _load_complete(kind, key, run_dir, log)) is not None:
         return run
+    if cfg.cached_only:
+        raise DataError(
+            f"{kind} run {run_dir} is not finished, and cached_only is set (the reports job of "
+            "`pixelcam reports --submit` trains nothing): `pixelcam jobs status` shows which "
+            "training is not done; submit again to train it, or drop cached_only")
     with _locked(run_dir):
         if finished() and (run := _load_complete(kind, key, run_dir, log)) is not None:
             return run
@@ -444,6 +451,11 @@ def _run_dir(kind: str, key: str, cfg: Config) -> Path:
     return Path(cfg.cache_dir) / "runs" / f"{kind}-{key}"
 
 
+def baseline_dir(cfg: Config) -> Path:
+    """Where the baseline run of cfg lives (finished or not)."""
+    return _run_dir("baseline", baseline_key(cfg), cfg)
+
+
 def get_baseline(cfg: Config, log: Log = note) -> Run:
     """The trained WSOL baseline for this config (trained now if no finished run exists).
 
@@ -451,7 +463,7 @@ def get_baseline(cfg: Config, log: Log = note) -> Run:
     """
     key = baseline_key(cfg)
     siblings = tuple(s for s in shares_training(cfg)
-                     if not (_run_dir("baseline", baseline_key(s), s) / "results.json").exists())
+                     if not (baseline_dir(s) / "results.json").exists())
     own_dir = _run_dir("baseline", key, cfg)
     plan = _planned.get()
     planned_before = plan is not None and own_dir in plan
@@ -467,7 +479,7 @@ def get_baseline(cfg: Config, log: Log = note) -> Run:
     run = _cached("baseline", key, cfg, log, train, cfg.epochs)
     if plan is not None and not planned_before and not run.reused:
         for s in siblings:  # they come with this training: no training of their own
-            sib_dir = _run_dir("baseline", baseline_key(s), s)
+            sib_dir = baseline_dir(s)
             plan.setdefault(sib_dir, PlannedRun("baseline", baseline_key(s), sib_dir, s,
                                                 s.epochs, False, shared_with=own_dir))
     return run
@@ -496,9 +508,15 @@ def store_cams(baseline: Run, cfg: Config, checkpoint: str, log: Log = note
     return cams
 
 
+def cam_baseline_config(cfg: Config) -> Config:
+    """The params of the baseline whose CAMs seed PixelCAM: this dataset's, or cam_source's
+    (Table 18)."""
+    return cfg.for_dataset(cfg.cam_source) if cfg.cam_source else cfg
+
+
 def cam_baseline(cfg: Config, log: Log = note) -> Run:
-    """The baseline whose CAMs seed PixelCAM: this dataset's, or cam_source's (Table 18)."""
-    return get_baseline(cfg.for_dataset(cfg.cam_source) if cfg.cam_source else cfg, log)
+    """The baseline whose CAMs seed PixelCAM (see cam_baseline_config)."""
+    return get_baseline(cam_baseline_config(cfg), log)
 
 
 def get_pixelcam(cfg: Config, log: Log = note, baseline: Run | None = None) -> Run:
@@ -520,7 +538,9 @@ def get_pixelcam(cfg: Config, log: Log = note, baseline: Run | None = None) -> R
                           dataset(cfg, "train", train=True, cams=cams), log,
                           {"baseline_key": base.key})
 
-    return _cached("pixelcam", key, cfg, log, train, cfg.total_pixelcam_epochs)
+    base_dir = baseline.dir if baseline is not None and not cfg.cam_source else \
+        baseline_dir(cam_baseline_config(cfg))
+    return _cached("pixelcam", key, cfg, log, train, cfg.total_pixelcam_epochs, (base_dir,))
 
 
 def get_unet(cfg: Config, log: Log = note) -> Run:
@@ -552,7 +572,8 @@ def get_negev(cfg: Config, log: Log = note, baseline: Run | None = None) -> Run:
                           dataset(cfg, "train", train=True, cams=cams), log,
                           {"baseline_key": base.key})
 
-    return _cached("negev", key, cfg, log, train, cfg.total_pixelcam_epochs)
+    base_dir = baseline.dir if baseline is not None else baseline_dir(cfg)
+    return _cached("negev", key, cfg, log, train, cfg.total_pixelcam_epochs, (base_dir,))
 
 
 def get_or_train(cfg: Config, log: Log = note) -> dict[str, Run]:

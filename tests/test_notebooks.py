@@ -5,13 +5,14 @@ executed top to bottom through papermill on the smoke profile."""
 import ast
 import json
 import re
+from datetime import datetime
 from pathlib import Path
 
 import nbformat
 import pytest
 
 from pixelcam.config import load_config
-from pixelcam.runner import discover, run_notebook, run_reports
+from pixelcam.runner import discover, run_notebook, trains
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = [p.stem for p in discover(ROOT / "notebooks")]
@@ -128,14 +129,12 @@ FIGURES = {"00_explore": 1, "01_main_tables": 8, "02_ood": 4, "03_stain_shift": 
            "09_complexity": 1, "12_feature_tsne": 6}
 
 
-def test_every_notebook_runs_on_the_smoke_profile(tmp_path):
-    """CI's papermill run of all twelve notebooks on tiny synthetic data (about 3 minutes)."""
-    logs = []
-    code = run_reports("smoke", ROOT, outputs=tmp_path / "out",
-                       overrides={"cache_dir": str(tmp_path / "cache")}, log=logs.append)
-    out = tmp_path / "out" / "smoke"
-    failed = [line for line in logs if "failed" in line or "bad params" in line]
-    assert code == 0, failed
+@pytest.mark.xdist_group("smoke")  # one plain smoke run per session: its users on one worker
+def test_every_notebook_runs_on_the_smoke_profile(smoke_plain):
+    """CI's papermill run of all twelve notebooks on tiny synthetic data (about 2 minutes)."""
+    out, cache = smoke_plain.out, smoke_plain.cache
+    failed = [line for line in smoke_plain.logs if "failed" in line or "bad params" in line]
+    assert smoke_plain.code == 0, failed
     index = (out / "index.html").read_text()
     for name in NAMES:
         payload = json.loads((out / name / "results.json").read_text())
@@ -146,7 +145,7 @@ def test_every_notebook_runs_on_the_smoke_profile(tmp_path):
         # logs, warnings and paths of this machine stay out of a shared report
         assert not re.search(r"\] epoch +\d+/\d+", html), f"{name}: epoch log lines in the report"
         assert "Warning:" not in html and "WARNING" not in html, f"{name}: a warning in the report"
-        for path in (str(tmp_path), str(ROOT), ".cache/"):
+        for path in (str(cache.parent), str(ROOT), ".cache/"):
             assert path not in html, f"{name}: the report names the path {path}"
         assert len(html) < 3_000_000, f"{name}: {len(html)} bytes"
         if name in REPORTS or name == "00_explore":
@@ -170,11 +169,40 @@ def test_every_notebook_runs_on_the_smoke_profile(tmp_path):
     # `reports --plan` names exactly the runs that the notebooks trained, each once, as cached
     from pixelcam.plan import notebook_configs, plan_trainings
 
-    planned = plan_trainings(notebook_configs("smoke", ROOT, NAMES,
-                                              {"cache_dir": str(tmp_path / "cache")}))
-    trained = {d.name for d in (tmp_path / "cache" / "runs").iterdir() if d.is_dir()}
+    planned = plan_trainings(notebook_configs("smoke", ROOT, NAMES, {"cache_dir": str(cache)}))
+    trained = {d.name for d in (cache / "runs").iterdir() if d.is_dir()}
     assert sorted(t.run.dir.name for t in planned) == sorted(trained)
     assert all(t.run.cached for t in planned)
+
+
+def _cell_times(executed: nbformat.NotebookNode) -> list[tuple[datetime, datetime, bool]]:
+    """(start, end, tagged `trains`) of each code cell papermill ran."""
+    out = []
+    for cell in executed.cells:
+        meta = cell.metadata.get("papermill", {})
+        if cell.cell_type == "code" and meta.get("start_time"):
+            out.append((datetime.fromisoformat(meta["start_time"]),
+                        datetime.fromisoformat(meta["end_time"]), trains(cell)))
+    return out
+
+
+@pytest.mark.xdist_group("smoke")
+def test_every_training_of_the_smoke_run_happened_in_a_cell_tagged_trains(smoke_plain):
+    """The runner lifts the time limit of a cell tagged `trains` (and only of those): every run
+    the notebooks trained started inside such a cell, and every notebook that trains has one."""
+    cells = {name: _cell_times(nbformat.read(smoke_plain.out / f"{name}.ipynb", as_version=4))
+             for name in NAMES}
+    runs = sorted((smoke_plain.cache / "runs").glob("*/results.json"))
+    assert runs
+    for path in runs:
+        started = datetime.fromisoformat(json.loads(path.read_text())["provenance"]["started"])
+        where = [(name, tagged) for name, times in cells.items()
+                 for start, end, tagged in times if start <= started <= end]
+        assert len(where) == 1, (path.parent.name, where)
+        assert where[0][1], f"{path.parent.name} trained in an untagged cell of {where[0][0]}"
+    for name in NAMES:
+        tagged = [c for c in _read(name).cells if trains(c)]
+        assert bool(tagged) == (name != "09_complexity"), name
 
 
 REAL_CPU = sorted((ROOT / "params" / "real-cpu").glob("*.yaml"))

@@ -4,9 +4,9 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import PAPER_SIZES
 
 from pixelcam.cli import main
-from pixelcam.data.folds import Record, write_split
 from pixelcam.plan import (
     NOTEBOOK_RUNS,
     PlannedTraining,
@@ -19,26 +19,7 @@ from pixelcam.runner import discover
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = [p.stem for p in discover(ROOT / "notebooks")]
-SIZES = {"glas": {"train": 67, "valcl": 16, "valpx": 6, "test": 80},
-         "camelyon16": {"train": 40, "valcl": 10, "valpx": 4, "test": 30}}
-
-
-def _fold_only_root(root: Path, sizes: dict[str, int]) -> Path:
-    """A data root with fold files and no images: all a plan reads."""
-    for split, n in sizes.items():
-        records = [Record(f"{split}/{i}.png", i % 2, 64, 64, f"{split}/{i}_mask.png" if i % 2
-                          else "") for i in range(n)]
-        write_split(root / "folds" / "fold-0", split, records)
-    (root / "folds" / "encoding.yaml").write_text("{normal: 0, tumour: 1}\n")
-    return root
-
-
-@pytest.fixture()
-def paper_data(tmp_path, monkeypatch):
-    for name, sizes in SIZES.items():
-        monkeypatch.setenv(f"PIXELCAM_{name.upper()}_ROOT",
-                           str(_fold_only_root(tmp_path / name, sizes)))
-    return tmp_path
+SIZES = PAPER_SIZES
 
 
 def test_every_notebook_has_a_plan():

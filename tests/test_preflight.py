@@ -121,3 +121,24 @@ def test_pruning_deletes_weights_outside_keep_and_counts_shared_files_once(tmp_p
                                                                          "results.json"]
     assert len(list((runs / "baseline-a" / "checkpoints").iterdir())) == 2
     assert preflight.prune_checkpoints(tmp_path / "cache") == 1000
+
+
+def test_gpu_check_says_plainly_when_there_is_no_gpu(tmp_path):
+    """`make gpu-check` on a machine without CUDA stops at its first check, exits 1 and still
+    writes its JSON, with the fix in the error (the GPU checks themselves need a GPU)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "gpu-check.json"
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_check.py"), "--out",
+                           str(out)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    assert report["cuda"]["available"] is False and report["ok"] is False
+    assert "srun --gres=gpu:1" in report["cuda"]["error"]
+    assert not {"preflight", "benchmarks", "layercam"} & set(report)
+    assert "failed: cuda" in proc.stdout

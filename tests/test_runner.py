@@ -139,3 +139,78 @@ def test_an_unknown_profile_names_the_ones_there_are(project):
     with pytest.raises(ConfigError, match=r"profile 'nope' has no params folder .*: use one of "
                                           r"quick"):
         run_reports("nope", project)
+
+
+TINY = {"synthetic_n_train": 16, "synthetic_n_valcl": 4, "synthetic_n_test": 4,
+        "synthetic_n_valpx_per_class": 1, "synthetic_width": 64, "synthetic_height": 48,
+        "image_size": 48, "resize_size": 56, "backbone": "resnet18", "batch_size": 4,
+        "eval_batch_size": 8, "lr": 0.01, "device": "cpu", "state_every_s": 0}
+IMPORTS = "from pixelcam.config import load_config\nfrom pixelcam.runs import get_baseline"
+TRAIN = "run = get_baseline(load_config(None, params))\nprint(run.results['best_epoch'])"
+
+
+def _cells(path, *cells):
+    """A notebook of (source, tags) code cells after its parameters cell."""
+    _notebook(path, "")
+    nb = nbformat.read(path, as_version=4)
+    nb.cells = nb.cells[:1]
+    for source, tags in cells:
+        cell = nbformat.v4.new_code_cell(source)
+        if tags:
+            cell.metadata["tags"] = tags
+        nb.cells.append(cell)
+    nbformat.write(nb, path)
+
+
+def _durations(executed):
+    nb = nbformat.read(executed, as_version=4)
+    return [(c.metadata.get("tags", []), c.metadata["papermill"]["duration"])
+            for c in nb.cells if c.cell_type == "code" and "papermill" in c.metadata]
+
+
+def test_a_cell_that_trains_has_no_time_limit_and_the_others_do(tmp_path):
+    import yaml
+
+    (tmp_path / "params" / "quick").mkdir(parents=True)
+    (tmp_path / "notebooks").mkdir()
+    _cells(tmp_path / "notebooks" / "01_train.ipynb", (IMPORTS + "\n" + TRAIN, ["trains"]))
+    _cells(tmp_path / "notebooks" / "02_sleep.ipynb", ("import time\ntime.sleep(5)", []))
+    (tmp_path / "params" / "quick" / "01_train.yaml").write_text(
+        yaml.safe_dump({**TINY, "epochs": 3, "cache_dir": str(tmp_path / "cache")}))
+    (tmp_path / "params" / "quick" / "02_sleep.yaml").write_text("{}\n")
+    logs = []
+    assert run_reports("quick", tmp_path, cell_timeout=2, log=logs.append) == 1
+    out = tmp_path / "outputs" / "quick"
+    train = json.loads((out / "01_train.status.json").read_text())
+    assert train["status"] == "ok", logs
+    (tags, seconds), = [d for d in _durations(out / "01_train.ipynb") if "trains" in d[0]]
+    assert seconds > 2  # longer than the limit, which it does not have
+    sleep = json.loads((out / "02_sleep.status.json").read_text())
+    assert sleep["status"] == "timed out"
+    assert "ran past --cell-timeout 2 s (it trains nothing" in sleep["error"]
+
+
+def test_a_training_cell_past_train_timeout_keeps_its_resume_state(tmp_path):
+    import torch
+    import yaml
+
+    (tmp_path / "params" / "quick").mkdir(parents=True)
+    (tmp_path / "notebooks").mkdir()
+    _cells(tmp_path / "notebooks" / "01_train.ipynb", (IMPORTS, []), (TRAIN, ["trains"]))
+    epochs = 20
+    (tmp_path / "params" / "quick" / "01_train.yaml").write_text(
+        yaml.safe_dump({**TINY, "epochs": epochs, "cache_dir": str(tmp_path / "cache")}))
+    logs = []
+    assert run_reports("quick", tmp_path, train_timeout=3, log=logs.append) == 1
+    status = json.loads((tmp_path / "outputs" / "quick" / "01_train.status.json").read_text())
+    assert status["status"] == "timed out"
+    assert "trains and ran past --train-timeout 3 s" in status["error"]
+    assert "keeps its resume state" in status["error"]
+    assert "run the same command again" in status["error"]
+    (state,) = (tmp_path / "cache" / "runs").glob("baseline-*/state.pt")
+    epoch = torch.load(state, weights_only=False)["epoch"]
+    assert 1 <= epoch < epochs
+    assert run_reports("quick", tmp_path, log=logs.append) == 0  # no limit: it goes on
+    log = (state.parent / "train.log").read_text()
+    assert f"resuming after epoch {epoch}" in log
+    assert f"epoch {epochs:3d}/{epochs}" in log

@@ -296,13 +296,14 @@ def test_fetch_downloads_only_what_is_missing(cache: Path, monkeypatch) -> None:
 def test_cli_weights_list_and_fetch(cache: Path, monkeypatch, capsys) -> None:
     import huggingface_hub
 
-    assert cli.main(["weights", "list", "--profile", "paper", "--root", str(ROOT)]) == 0
+    assert cli.main(["weights", "list", "--profile", "paper", "--root", str(ROOT)]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert [ln.split()[0] for ln in lines[:4]] == [
         "resnet50.tv_in1k", "deit_tiny_patch16_224.fb_in1k", "vgg16.tv_in1k",
         "inception_v3.tv_in1k"]
     assert all(ln.endswith("cached: no") for ln in lines[:4])
     assert lines[4] == f"cache: {cache}"
+    assert lines[5].startswith("4 missing: `pixelcam weights fetch --profile paper`")
 
     add_entry(cache, "vgg16.tv_in1k", {"x": torch.zeros(1)})
     monkeypatch.setattr(
