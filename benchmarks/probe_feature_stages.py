@@ -4,8 +4,8 @@ A logistic-regression probe per stage of the frozen ImageNet EfficientNet-Lite0 
 (`pretrained: package`, output stride 16): fit on the train split's pixels (masks averaged to the
 stage's grid, a cell is gland when at least half of it is), scored as PxAP on a validation split
 with the probe's map upsampled to the image size. It bounds what a pixel head on that stage could
-learn from perfect seeds; the real-cpu profile's `feature_stage: 3` comes from it (README, "See
-the claim on real data without a GPU"). Needs a GlaS data root with train masks:
+learn from perfect seeds; the real-cpu profile's `feature_stage: 3` comes from it
+(docs/real-data.md). Needs a GlaS data root with train masks:
 
     PIXELCAM_GLAS_ROOT=/data/glas-dev .venv/bin/python benchmarks/probe_feature_stages.py
     ... probe_feature_stages.py --image-size 448 --split valcl     # glands seen twice as large

@@ -8,7 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
-from pixelcam.config import load_config, parse_override
+from pixelcam import __version__
+from pixelcam.config import load_config, parse_override, profiles
 from pixelcam.errors import ConfigError, PixelCamError, TrainingInterrupted
 
 
@@ -167,7 +168,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     camelyon.add_argument("--seed", type=int, default=0, help="seed of the split draw")
     camelyon.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                           help="processes, one slide each at a time")
-    camelyon.add_argument("--patch-size", type=int, default=512)
+    camelyon.add_argument("--patch-size", type=int, default=512,
+                          help="side of a square patch at level 0, in pixels")
     camelyon.add_argument("--min-tissue", type=float, default=0.1,
                           help="from scratch: tissue fraction a patch needs")
     camelyon.add_argument("--min-tumor", type=float, default=0.2,
@@ -216,7 +218,7 @@ def _add_weights(sub: argparse._SubParsersAction) -> None:
     listing = actions.add_parser(
         "list", help="the weights a profile needs, and whether cached (exit 1: some are not)")
     for p in (fetch, listing):
-        p.add_argument("--profile", default="paper", help="params/<profile>/ to read")
+        p.add_argument("--profile", default="paper", help=_profile_help("paper"))
         p.add_argument("--root", default=".", help="project folder holding params/")
         p.set_defaults(func=cmd_weights)
     fetch.add_argument("--tag", action="append", default=[], metavar="ARCH.TAG",
@@ -267,19 +269,49 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         description="Each training that the last `pixelcam reports --submit` of the profile "
                     "planned, with its state, job id and log, then the reports job. Exits 1 "
                     "when a training failed: submit again to resume it.")
-    st.add_argument("--profile", default="paper", help="the profile that was submitted")
+    st.add_argument("--profile", default="paper",
+                    help="the profile that was submitted (default paper)")
     st.add_argument("--root", default=".", help="project folder holding notebooks/ and params/")
     st.add_argument("--outputs", help="the --outputs given at submission")
     st.set_defaults(func=cmd_jobs)
 
 
+REPORTS_EXAMPLES = """examples:
+  pixelcam reports                                   every notebook, quick profile (CPU)
+  pixelcam reports --profile quick --only 01 02 -p epochs=3
+  pixelcam reports --profile paper --plan            what the paper profile trains, how long
+  pixelcam reports --profile paper --preflight       every notebook on one image per class
+  pixelcam reports --profile paper --submit slurm --slurm-partition gpu --time 24:00:00
+  pixelcam reports --profile smoke --submit local --parallel 2
+
+exit status: 0 every notebook ok; 1 a notebook failed or a runtime error; 2 a usage error
+"""
+
+
+def _profile_help(default: str) -> str:
+    found = profiles(Path.cwd())
+    return (f"params/<profile>/ to use: {', '.join(found)} (default {default})" if found
+            else f"a folder of <root>/params/ (default {default})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pixelcam", description="PixelCAM (MIDL 2025) reproduction kit.")
-    sub = parser.add_subparsers(dest="command", required=True)
+        prog="pixelcam",
+        description="PixelCAM (MIDL 2025) reproduction kit: run the paper's notebooks as "
+                    "reports, prepare data, fetch weights, train one config.",
+        epilog="`pixelcam <command> --help` describes a command. Docs: docs/index.md")
+    parser.add_argument("--version", action="version",
+                        version=f"pixelcam-kit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
-    rep = sub.add_parser("reports", help="execute the notebooks of a profile and render HTML")
-    rep.add_argument("--profile", default="quick", help="params/<profile>/ to use (quick | paper)")
+    rep = sub.add_parser(
+        "reports", help="execute the notebooks of a profile and render HTML",
+        description="Execute the notebooks of a profile with papermill into "
+                    "<outputs>/<profile>/: one HTML report per notebook and an index page. "
+                    "Runs already in the run cache are reused. With --submit, every training "
+                    "is a scheduler job instead, then the reports are rendered from the cache.",
+        epilog=REPORTS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    rep.add_argument("--profile", default="quick", help=_profile_help("quick"))
     rep.add_argument("--only", nargs="*", help="notebook prefixes to run, e.g. 01 03")
     rep.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                      help="override a params key in every notebook (repeatable)")
@@ -305,11 +337,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_submit(rep)
     rep.set_defaults(func=cmd_reports)
 
-    tr = sub.add_parser("train", help="train (or reuse) a baseline and its PixelCAM model")
+    tr = sub.add_parser(
+        "train", help="train (or reuse) a baseline and its PixelCAM model",
+        description="Train the baseline of one params file and PixelCAM on its CAMs (or reuse "
+                    "them from the run cache), then print their Table 1 rows. Under torchrun, "
+                    "one process per GPU trains one run.")
     tr.add_argument("--params", required=True, help="a params YAML file")
-    tr.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
+    tr.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a params key (repeatable)")
     tr.set_defaults(func=cmd_train)
-    ver = sub.add_parser("verify", help="recompute a profile's tables from the stored runs")
+    ver = sub.add_parser(
+        "verify", help="recompute a profile's tables from the stored runs",
+        description="Recompute the main tables of rendered reports from the stored run "
+                    "directories; list each number that differs (exit 1 if any).")
     ver.add_argument("folder", help="a profile's report folder, e.g. outputs/quick")
     ver.set_defaults(func=cmd_verify)
 
@@ -320,15 +360,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 ok; 1 a failed run or a runtime error (data, weights, disk); 2 a usage
+    error (an option or a params value); 143 a training stopped by SIGTERM (it resumes)."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except TrainingInterrupted as exc:  # a scheduler's SIGTERM: the rerun resumes
         print(f"pixelcam: {exc}", file=sys.stderr)
         return 128 + signal.SIGTERM
-    except PixelCamError as exc:
+    except ConfigError as exc:
         print(f"pixelcam: error: {exc}", file=sys.stderr)
         return 2
+    except PixelCamError as exc:
+        print(f"pixelcam: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pixelcam.errors import ConfigError
 class Config:
     """Every knob of a PixelCAM experiment; params files set a subset, the rest keep these defaults.
 
-    Defaults are the paper's / official code's settings (official-code-notes.md sections 3-5);
+    Defaults are the paper's / official code's settings (docs/official-code.md);
     the quick profile overrides them for a CPU.
     """
 
@@ -198,6 +198,18 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         return load_config(None, {**self.to_dict(), **changes}, check_datasets=False)
+
+
+def profiles(root: str | Path = ".") -> list[str]:
+    """The profiles of a project: the folders of `<root>/params/` that hold params files."""
+    folder = Path(root) / "params"
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and notebook_params(p)) \
+        if folder.is_dir() else []
+
+
+def notebook_params(folder: str | Path) -> list[Path]:
+    """The notebook params files of a profile's folder (its `_base.yaml` is not one)."""
+    return sorted(p for p in Path(folder).glob("*.yaml") if not p.name.startswith("_"))
 
 
 DATASETS = ("glas", "camelyon16")
@@ -440,6 +452,36 @@ def valid_keys() -> list[str]:
     return [f.name for f in fields(Config)]
 
 
+BASE_FILE = "_base.yaml"  # in a profile's folder: the keys every notebook file of it shares
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"params file {path} is not UTF-8 text: save it as UTF-8 YAML") from None
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(f"params file {path} is not valid YAML: {first}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"params file {path} must be a flat mapping of key: value")
+    return loaded
+
+
+def read_params(path: str | Path) -> dict[str, Any]:
+    """A notebook's params file on top of its profile's `_base.yaml` (when there is one): its
+    keys replace the base's, and its `glas:` / `camelyon16:` entries those of the base's block."""
+    path = Path(path)
+    base = path.with_name(BASE_FILE)
+    values = _read_yaml(base) if base.is_file() and base != path else {}
+    for key, value in _read_yaml(path).items():
+        if key in DATASETS and isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
+    return values
+
+
 def load_config(path: str | Path | None = None,
                 overrides: Mapping[str, Any] | None = None, *,
                 check_datasets: bool = True) -> Config:
@@ -452,17 +494,7 @@ def load_config(path: str | Path | None = None,
         if not path.is_file():
             raise ConfigError(
                 f"params file {path} does not exist: give a path under params/<profile>/")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except UnicodeDecodeError:
-            raise ConfigError(f"params file {path} is not UTF-8 text: save it as UTF-8 "
-                              "YAML") from None
-        except yaml.YAMLError as exc:
-            first = str(exc).splitlines()[0]
-            raise ConfigError(f"params file {path} is not valid YAML: {first}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"params file {path} must be a flat mapping of key: value")
-        values.update(loaded)
+        values.update(read_params(path))
     merged = [(k, v, source) for k, v in values.items()]
     merged += [(k, v, "overrides") for k, v in (overrides or {}).items()]
     types_ = _field_types()

@@ -21,7 +21,7 @@ import yaml
 
 from pixelcam import progress
 from pixelcam.atomic import ensure_writable, write_text
-from pixelcam.config import load_config
+from pixelcam.config import load_config, profiles, read_params
 from pixelcam.errors import ConfigError
 from pixelcam.watch import Watch
 
@@ -55,10 +55,8 @@ def profile_notebooks(root: Path, profile: str, only: list[str] | None = None) -
     """
     folder = root / "params" / profile
     if not folder.is_dir():
-        there = sorted(p.name for p in (root / "params").iterdir() if p.is_dir()) \
-            if (root / "params").is_dir() else []
         raise ConfigError(f"profile {profile!r} has no params folder {folder}: use one of "
-                          f"{', '.join(there) or '(none found)'}")
+                          f"{', '.join(profiles(root)) or '(none found)'}")
     return [nb for nb in discover(root / "notebooks", only)
             if (folder / f"{nb.stem}.yaml").is_file()]
 
@@ -159,7 +157,7 @@ def run_notebook(notebook: Path, params_file: Path, out_dir: Path, profile: str,
     try:
         if not params_file.is_file():
             raise ConfigError(f"params file {params_file} does not exist: add it for {name}")
-        params = yaml.safe_load(params_file.read_text()) or {}
+        params = read_params(params_file)
         params.update(overrides or {})
         load_config(None, params)  # fail here, with the valid keys, before starting a kernel
     except (ConfigError, yaml.YAMLError) as exc:

@@ -1,15 +1,15 @@
 """fit(): one training phase (WSOL baseline or PixelCAM) with B-LOC / B-CL model selection.
 
-Selection follows the official protocol (official-code-notes.md 5.4): every epoch, epoch 0 (before
-any update) included, the valcl accuracy (B-CL) and the valpx PxAP (B-LOC) are measured; ties go to
-the latest epoch. The resume state (`state.pt`: weights, optimiser, scheduler, every generator)
-and the B-LOC/B-CL weights found since its last write are written atomically at most once per
-`state_every_s` seconds (default 60), always after the last epoch, and after the epoch in which a
-SIGTERM arrives (then fit raises TrainingInterrupted); with `resume_state: false` (the preflight,
-whose runs are never resumed) only the B-LOC/B-CL weights are written then, and the state only
-on SIGTERM. A SIGKILL loses at most that interval; the rerun resumes from the state on disk and
-gives the same numbers. The images of the three splits are decoded once and kept in memory when
-they fit in `image_cache_mb` (WSOLDataset.preload); augmentations are still drawn per sample.
+Selection follows the official protocol (docs/official-code.md, Model selection): every epoch,
+epoch 0 (before any update) included, the valcl accuracy (B-CL) and the valpx PxAP (B-LOC) are
+measured; ties go to the latest epoch. The resume state (`state.pt`: weights, optimiser, scheduler,
+every generator) and the B-LOC/B-CL weights found since its last write are written atomically at
+most once per `state_every_s` seconds (default 60), always after the last epoch, and after the
+epoch in which a SIGTERM arrives (then fit raises TrainingInterrupted); with `resume_state: false`
+(the preflight, whose runs are never resumed) only the B-LOC/B-CL weights are written then, and the
+state only on SIGTERM. A SIGKILL loses at most that interval; the rerun resumes from the state on
+disk and gives the same numbers. The images of the three splits are decoded once and kept in memory
+when they fit in `image_cache_mb` (WSOLDataset.preload); augmentations are still drawn per sample.
 
 Under torchrun (pixelcam.distributed) the same fit() trains with DistributedDataParallel: each rank
 gets batch_size / N images of every global batch (FilledBatchSampler, which shuffles like a
@@ -19,7 +19,7 @@ process takes the unchanged path.
 
 Every training batch holds exactly `batch_size` images: the last, partial batch of an epoch is
 filled by repeating its own images cyclically, as the official code's `_fill_minibatch`
-(official-code-notes.md 4.2), so BatchNorm never sees e.g. GlaS's 67 = 32 + 32 + 3 leftover trio.
+(docs/official-code.md), so BatchNorm never sees e.g. GlaS's 67 = 32 + 32 + 3 leftover trio.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from pathlib import Path
 import timm
 from timm.models import get_pretrained_cfg
 
-from pixelcam.config import Config, load_config
+from pixelcam.config import Config, load_config, notebook_params, profiles
 from pixelcam.errors import ConfigError, ModelError
 
 # The backbone SAT is built on (pixelcam.models.sat).
@@ -198,11 +198,12 @@ def profile_configs(profile: str, root: str | Path = ".") -> dict[str, Config]:
     """Every params file of `<root>/params/<profile>/`, by notebook name, with placeholder data
     roots (the weights a file needs do not depend on its data)."""
     folder = Path(root) / "params" / profile
-    files = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+    files = notebook_params(folder)
     if not files:
+        there = ", ".join(profiles(root)) or "(none there)"
         raise ConfigError(
-            f"profile {profile!r} has no params files in {folder}: give --profile quick, smoke or "
-            "paper, and --root the project folder that holds params/."
+            f"profile {profile!r} has no params files in {folder}: give --profile one of "
+            f"{there}, and --root the project folder that holds params/."
         )
     return {path.stem: load_config(path, NO_DATA) for path in files}
 

@@ -35,7 +35,7 @@ from pixelcam.data.camelyon import (
 )
 from pixelcam.data.folds import Record, read_split, write_split
 from pixelcam.data.glas import read_folds, split_counts
-from pixelcam.errors import DataError
+from pixelcam.errors import ConfigError, DataError
 
 # the published CAMELYON512 fold-0 files the tests read (valpx, and the first 200 ids of valcl
 # and test); see tests/data/README.md
@@ -392,7 +392,7 @@ def test_crash_leaves_no_output_and_rerun_resumes(source, tmp_path, monkeypatch)
     assert manifest["stats"] == {"scanned": 0, "scan_skipped": 4, "cut": 2, "cut_skipped": 2}
     assert {s: split_counts(r) for s, r in _records(out).items()}["test"] == (8, 4, 4)
     assert not (tmp_path / ".out.partial").exists()
-    with pytest.raises(DataError, match=r"already exists and is not empty.*--overwrite"):
+    with pytest.raises(ConfigError, match=r"already exists and is not empty.*--overwrite"):
         prepare_camelyon16(src, out, **kwargs)
     again = prepare_camelyon16(src, out, overwrite=True, **kwargs)
     assert again["stats"]["scan_skipped"] == 0 and again["counts"] == manifest["counts"]

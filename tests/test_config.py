@@ -164,7 +164,7 @@ def test_a_dataset_block_does_not_resize_sat():
     assert (cnn.image_size, cnn.resize_size) == (96, 112)
 
 
-PAPER_PARAMS = sorted((Path(__file__).resolve().parents[1] / "params" / "paper").glob("*.yaml"))
+PAPER_PARAMS = sorted((Path(__file__).resolve().parents[1] / "params" / "paper").glob("[!_]*.yaml"))
 
 
 @pytest.fixture
@@ -266,3 +266,31 @@ def test_switching_datasets_never_carries_one_datasets_overrides_to_the_other():
     assert cfg.for_dataset("camelyon16").for_dataset("glas") == glas
     assert glas.for_dataset("camelyon16") == cfg.for_dataset("camelyon16")
     assert cfg.for_dataset("camelyon16").epochs == 20
+
+
+def test_profiles_keep_their_shared_keys_in_one_base_file():
+    """Each profile's notebooks share `_base.yaml`; a notebook file holds only what it changes
+    (no key repeated with the base's value), and reads as the base with its keys on top."""
+    import yaml
+
+    from pixelcam.config import BASE_FILE, notebook_params, profiles, read_params
+
+    root = Path(__file__).resolve().parents[1]
+    for profile in profiles(root):
+        folder = root / "params" / profile
+        base = yaml.safe_load((folder / BASE_FILE).read_text())
+        for path in notebook_params(folder):
+            own = yaml.safe_load(path.read_text()) or {}
+            repeated = [k for k, v in own.items() if k in base and base[k] == v]
+            assert not repeated, f"{path}: repeats {repeated} of {BASE_FILE}"
+            assert read_params(path) == {**base, **own} or set(own) & {"glas", "camelyon16"}
+
+
+def test_a_block_entry_of_a_notebook_file_replaces_only_that_entry(tmp_path):
+    from pixelcam.config import BASE_FILE, read_params
+
+    (tmp_path / BASE_FILE).write_text("epochs: 3\ncamelyon16: {epochs: 2, low_res: true}\n")
+    (tmp_path / "01_x.yaml").write_text("lr: 0.1\ncamelyon16: {epochs: 5}\n")
+    assert read_params(tmp_path / "01_x.yaml") == {
+        "epochs": 3, "lr": 0.1, "camelyon16": {"epochs": 5, "low_res": True}}
+    assert load_config(tmp_path / "01_x.yaml").for_dataset("camelyon16").epochs == 5

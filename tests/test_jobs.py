@@ -189,7 +189,6 @@ def test_slurm_queues_each_training_after_its_baseline_then_the_reports(tmp_path
     assert "#SBATCH --dependency=afterok:104:105" in _sbatch(fake_slurm, 107)
 
 
-@pytest.mark.xdist_group("smoke")  # on the worker that holds the plain smoke run
 def test_smoke_profile_as_local_jobs_gives_the_numbers_of_a_plain_run(smoke_plain, tmp_path):
     """Every training of the smoke profile as a job (two at a time), then the reports from the
     run cache: every run and every report number equal the plain run's."""

@@ -129,7 +129,6 @@ FIGURES = {"00_explore": 1, "01_main_tables": 8, "02_ood": 4, "03_stain_shift": 
            "09_complexity": 1, "12_feature_tsne": 6}
 
 
-@pytest.mark.xdist_group("smoke")  # one plain smoke run per session: its users on one worker
 def test_every_notebook_runs_on_the_smoke_profile(smoke_plain):
     """CI's papermill run of all twelve notebooks on tiny synthetic data (about 2 minutes)."""
     out, cache = smoke_plain.out, smoke_plain.cache
@@ -186,7 +185,6 @@ def _cell_times(executed: nbformat.NotebookNode) -> list[tuple[datetime, datetim
     return out
 
 
-@pytest.mark.xdist_group("smoke")
 def test_every_training_of_the_smoke_run_happened_in_a_cell_tagged_trains(smoke_plain):
     """The runner lifts the time limit of a cell tagged `trains` (and only of those): every run
     the notebooks trained started inside such a cell, and every notebook that trains has one."""
@@ -205,7 +203,7 @@ def test_every_training_of_the_smoke_run_happened_in_a_cell_tagged_trains(smoke_
         assert bool(tagged) == (name != "09_complexity"), name
 
 
-REAL_CPU = sorted((ROOT / "params" / "real-cpu").glob("*.yaml"))
+REAL_CPU = sorted((ROOT / "params" / "real-cpu").glob("[!_]*.yaml"))
 
 
 def test_real_cpu_profile_is_glas_offline_and_shares_its_models(monkeypatch, tmp_path):
@@ -227,3 +225,27 @@ def test_real_cpu_profile_is_glas_offline_and_shares_its_models(monkeypatch, tmp
     assert len(keys) == 1  # every notebook reuses the same LayerCAM baseline
     assert profile_weights("real-cpu", ROOT) == []  # nothing to fetch: the weights are a package
     assert "sat" not in load_config(ROOT / "params" / "real-cpu" / "01_main_tables.yaml").methods
+
+
+SHOWS_A_TABLE = re.compile(r"display\([^)]*(table\d*|summary|pivot_table|_table\()", re.S)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_table_says_what_its_columns_mean(name):
+    """The markdown cell above each cell that shows a table says what its columns mean."""
+    cells = _read(name).cells
+    shown = 0
+    for i, cell in enumerate(cells):
+        if cell.cell_type != "code" or not SHOWS_A_TABLE.search(cell.source):
+            continue
+        shown += 1
+        above = next(c for c in reversed(cells[:i]) if c.cell_type == "markdown")
+        assert "**Columns**" in above.source, f"{name}, cell {i}: no **Columns** above it"
+    assert shown or name == "12_feature_tsne", name
+    assert "official-code" + "-notes" not in json.dumps([c.source for c in cells])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_parameters_cell_shows_an_override_and_what_retrains(name):
+    params = next(c for c in _read(name).cells if "parameters" in c.metadata.get("tags", []))
+    assert 'params = {"epochs": 3}' in params.source and "retrain" in params.source

@@ -321,4 +321,4 @@ def test_cli_weights_list_and_fetch(cache: Path, monkeypatch, capsys) -> None:
     assert cli.main(["weights", "list", "--profile", "quick", "--root", str(ROOT)]) == 0
     assert "needs no timm weights" in capsys.readouterr().out
     assert cli.main(["weights", "list", "--profile", "nope", "--root", str(ROOT)]) == 2
-    assert "--profile quick, smoke or paper" in capsys.readouterr().err
+    assert "--profile one of paper, quick, real-cpu, smoke" in capsys.readouterr().err

@@ -53,7 +53,7 @@ from pixelcam.data.folds import (
     read_split,
     write_split,
 )
-from pixelcam.errors import DataError
+from pixelcam.errors import ConfigError, DataError
 
 GLAS_DIR = "Warwick_QU_Dataset_(Released_2016_07_08)"
 GLAS_DIR_NAMES = (GLAS_DIR, "Warwick QU Dataset (Released 2016_07_08)")
@@ -203,9 +203,9 @@ def link_or_copy(src: Path, dst: Path, *, link: bool = True) -> None:
 def check_out(out: Path, overwrite: bool) -> None:
     """Refuse early, before any work, to replace a folder the user did not ask to replace."""
     if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out} is a file: choose a folder path")
+        raise ConfigError(f"--out {out} is a file: choose a folder path")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise DataError(
+        raise ConfigError(
             f"--out {out} already exists and is not empty: choose another folder, delete it, "
             f"or pass --overwrite to replace it"
         )
@@ -549,17 +549,17 @@ def prepare_glas(
     ``folds/fold-0``, for a download that lacks images the published folds name.
     """
     if split not in SPLIT_MODES:
-        raise DataError(
+        raise ConfigError(
             f"--split {split!r} is not a GlaS split: use 'published' (the protocol's published "
             f"folds, the default) or 'seeded' (a split drawn with --seed)"
         )
     if split == "seeded" and folds is not None:
-        raise DataError(
+        raise ConfigError(
             f"--split seeded draws the split but --folds {folds} gives it from fold files: "
             f"pass one of them"
         )
     if split == "published" and seed is not None:
-        raise DataError(
+        raise ConfigError(
             f"--seed {seed} has no effect on the published folds: add --split seeded to draw a "
             f"split with it, or drop --seed"
         )

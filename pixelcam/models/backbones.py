@@ -458,7 +458,7 @@ def create_encoder(name: str, pretrained: str = "false", output_stride: int = 8,
 
     `feature_stage` picks F among timm's feature stages of a non-ResNet CNN (0 = the shallowest;
     -1 = the last, the paper's choice): a shallower F is cheaper and, on histology, often
-    separates tissue types better (README, "See the claim on real data without a GPU").
+    separates tissue types better (docs/real-data.md).
 
     `pretrained` is "false", "timm" (the ImageNet weights of the backbone's pinned tag,
     pixelcam.weights.PRETRAINED_TAGS, from the local Hugging Face cache: a missing one stops

@@ -1,6 +1,6 @@
 """NEGEV (Belharbi et al., MIDL 2022): a U-Net decoder trained on a frozen WSOL classifier.
 
-The two-step baseline the paper compares PixelCAM with (official-code-notes.md 2.6). The
+The two-step baseline the paper compares PixelCAM with (docs/official-code.md, NEGEV). The
 classifier (encoder + image head of a trained baseline) stays frozen; the decoder of
 :class:`pixelcam.models.unet.UNetDecoder` reads skips from every encoder stage and learns from
 (i) partial CE on CAM seeds, (ii) a CRF smoothness term (local, scaled to the dense one's
