@@ -13,7 +13,7 @@ CELL_TIMEOUT  ?=
 TRAIN_TIMEOUT ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: install reports preflight-ci test lint lab clean-notebooks bench gpu-check clean-outputs
+.PHONY: install reports preflight-ci test lint lab docs clean-notebooks bench gpu-check clean-outputs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ gpu-check: install
 
 lint: install
 	$(VENV)/bin/ruff check pixelcam tests benchmarks
+
+# the documentation site (docs/, mkdocs-material) -> build/site/index.html; strict: a broken
+# link fails
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 # JupyterLab on the notebooks (installed with the dev extras; added here if the env lacks it)
 lab: install
