@@ -44,8 +44,10 @@ bench: install
 gpu-check: install
 	$(PY) benchmarks/gpu_check.py
 
+# ruff, and the package's layers and acyclic modules (import-linter; pyproject.toml)
 lint: install
 	$(VENV)/bin/ruff check pixelcam tests benchmarks
+	$(VENV)/bin/lint-imports
 
 # the documentation site (docs/, mkdocs-material) -> build/site/index.html; strict: a broken
 # link fails

@@ -35,14 +35,14 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from pixelcam.builders import data_paths, dataset, new_model
 from pixelcam.config import Config, load_config
 from pixelcam.data.dataset import IMAGENET_MEAN, IMAGENET_STD, _mask_array
 from pixelcam.data.folds import read_split
 from pixelcam.evaluate import image_logits
+from pixelcam.maps import compute_maps
 from pixelcam.metrics import PxAP
-from pixelcam.models.cams import compute_maps
 from pixelcam.provenance import device_name, versions
-from pixelcam.runs import data_paths, dataset, new_model
 from pixelcam.train import (
     OBJECTIVES,
     FitResult,
@@ -179,7 +179,7 @@ def kit_fit(model: torch.nn.Module, cfg: Config, phase: PhaseSpec, out: Path,
 
 def train_cams(model: torch.nn.Module, cfg: Config, method: str,
                device: torch.device) -> dict[str, torch.Tensor]:
-    """The baseline's CAMs of the train split, as pixelcam.runs.store_cams makes them."""
+    """The baseline's CAMs of the train split, as pixelcam.pipelines.store_cams makes them."""
     ds = dataset(cfg, "train")
     model.eval()
     cams = {}

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from pixelcam.evaluate import resolve_device
-from pixelcam.models.cams import compute_maps
+from pixelcam.maps import compute_maps
 from pixelcam.models.model import build_model
 from pixelcam.provenance import device_name, versions
 from pixelcam.timing import wall_times
@@ -62,7 +62,7 @@ def main() -> None:
             model(x)
 
     cases = {"forward": forward}
-    from pixelcam.models.cams import MAPS
+    from pixelcam.maps import MAPS
 
     for method in ("pixelcam", "layercam", "gradcampp"):
         if method in MAPS:

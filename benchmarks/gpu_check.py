@@ -124,7 +124,7 @@ def check_benchmarks(device: str, work: Path) -> dict[str, Any]:
 def _train_layercam(device: str, cache: str) -> None:
     """In a process of its own: the real-cpu LayerCAM baseline of seed 0 on `device`."""
     from pixelcam.config import load_config
-    from pixelcam.runs import get_baseline
+    from pixelcam.pipelines import get_baseline
 
     cfg = load_config(ROOT / "params" / "real-cpu" / "01_main_tables.yaml",
                       {"seeds": "", "device": device, "cache_dir": cache,

@@ -27,10 +27,11 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
 
+from pixelcam.builders import dataset
 from pixelcam.config import load_config
 from pixelcam.evaluate import eval_loader
 from pixelcam.models.backbones import package_weights
-from pixelcam.runs import dataset, load_run
+from pixelcam.store import load_run
 
 STAGES = ("blocks.2", "blocks.4", "blocks.5", "blocks.6", "bn2")
 

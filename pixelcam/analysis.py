@@ -20,8 +20,6 @@ from torch.utils.data import DataLoader
 
 from pixelcam.errors import DataError
 from pixelcam.metrics import separability_j
-from pixelcam.models.model import WSOLModel
-from pixelcam.models.sat import SATModel
 
 __all__ = [
     "mask_to_grid",
@@ -50,7 +48,7 @@ def pixel_features(model: nn.Module, x: Tensor) -> Tensor:
     image and pixel heads read). Models without such an F (U-Net, NEGEV) raise ValueError.
     Runs without gradients in the model's current mode: put it in eval mode first.
     """
-    if not isinstance(model, (WSOLModel, SATModel)):
+    if not getattr(model, "has_pixel_features", False):
         raise ValueError(
             f"pixel_features: {type(model).__name__} has no pixel-feature map F; separability "
             "and t-SNE need a WSOLModel (CNN + WGAP/DeepMIL) or a SAT model"

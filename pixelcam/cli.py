@@ -81,8 +81,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from pixelcam import distributed
     from pixelcam.evaluate import resolve_device
+    from pixelcam.pipelines import get_or_train
     from pixelcam.report import main_table
-    from pixelcam.runs import get_or_train
 
     cfg = load_config(args.params, _overrides(args.param))
     # under torchrun every rank runs this command; rank 0 alone prints and writes
@@ -108,20 +108,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from pixelcam.data.glas import format_counts
+    from pixelcam.datasets import DATASETS
 
-    if args.dataset == "glas":
-        from pixelcam.data.glas import prepare_glas
-
-        manifest = prepare_glas(args.src, args.out, split=args.split, seed=args.seed,
-                                folds=args.folds, link=not args.copy, overwrite=args.overwrite)
-    else:
-        from pixelcam.data.camelyon import prepare_camelyon16
-
-        manifest = prepare_camelyon16(
-            args.src, args.out, folds=args.folds, workers=args.workers, seed=args.seed,
-            patch_size=args.patch_size, min_tissue=args.min_tissue, min_tumor=args.min_tumor,
-            valcl_fraction=args.valcl_fraction, valpx_per_class=args.valpx_per_class,
-            max_per_class=args.max_per_class, overwrite=args.overwrite)
+    manifest = DATASETS[args.dataset].prepare(args.src, args.out, **args.options(args))
     out = Path(args.out).expanduser().resolve()
     print(format_counts(manifest, manifest["encoding"]))
     first = next(iter(manifest["counts"]))
@@ -146,6 +135,14 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                     "(train/valcl/valpx/test) from what --src holds instead, e.g. a sample.")
     camelyon = kinds.add_parser(
         "camelyon16", help="CAMELYON16: WSIs + XML annotations -> 512x512 patches and masks")
+    # each dataset's own options, as its preparer (pixelcam.datasets) takes them
+    glas.set_defaults(options=lambda a: dict(
+        split=a.split, seed=a.seed, folds=a.folds, link=not a.copy, overwrite=a.overwrite))
+    camelyon.set_defaults(options=lambda a: dict(
+        folds=a.folds, workers=a.workers, seed=a.seed, patch_size=a.patch_size,
+        min_tissue=a.min_tissue, min_tumor=a.min_tumor, valcl_fraction=a.valcl_fraction,
+        valpx_per_class=a.valpx_per_class, max_per_class=a.max_per_class,
+        overwrite=a.overwrite))
     for p in (glas, camelyon):
         p.add_argument("--src", required=True, help="the unpacked download")
         p.add_argument("--out", required=True, help="the data root to create")

@@ -15,7 +15,21 @@ from typing import Any
 
 import yaml
 
+from pixelcam.datasets import DATASETS, missing_root_error
 from pixelcam.errors import ConfigError
+from pixelcam.methods import METHODS
+
+# What a training is: every key of these groups goes into its run key, whole (a baseline's key
+# leaves out the PixelCAM phase's group, the U-Net's also the WSOL head's, as neither reads them)
+HASHED_GROUPS = ("data", "model", "wsol", "optimisation", "pixelcam")
+# What only the runtime or a notebook reads: never in a run key
+UNHASHED_GROUPS = ("runtime", "notebook")
+
+
+def key(group: str, default: Any = dataclasses.MISSING, *,
+        factory: Any = dataclasses.MISSING) -> Any:
+    """A Config field in `group` (one of HASHED_GROUPS or UNHASHED_GROUPS)."""
+    return field(default=default, default_factory=factory, metadata={"group": group})
 
 
 @dataclass(frozen=True)
@@ -23,138 +37,153 @@ class Config:
     """Every knob of a PixelCAM experiment; params files set a subset, the rest keep these defaults.
 
     Defaults are the paper's / official code's settings (docs/official-code.md);
-    the quick profile overrides them for a CPU.
+    the quick profile overrides them for a CPU. Each key belongs to one group (`key`): the
+    hashed groups define a training, the others only how it runs or what a notebook shows.
     """
 
     # --- data -----------------------------------------------------------------------------
     # the paper dataset this run stands for (its columns in the tables); with data_root
     # "synthetic" it also picks the embedded look-alike (GlaS-like glands, CAMELYON16-like nodes)
-    dataset: str = "glas"
+    dataset: str = key("data", "glas")
     # folder image ids are relative to; "synthetic" = the embedded default; "" = take it from the
     # environment variable PIXELCAM_<DATASET>_ROOT (e.g. PIXELCAM_GLAS_ROOT), else an error
-    data_root: str = "synthetic"
-    fold_dir: str = ""  # folder with train/valcl/valpx/test; "" = <data_root>/folds/fold-0
-    synthetic_n_train: int = 60
-    synthetic_n_valcl: int = 16
-    synthetic_n_test: int = 40
-    synthetic_n_valpx_per_class: int = 3
-    synthetic_width: int = 192
-    synthetic_height: int = 160
-    synthetic_seed: int = 0
-    image_size: int = 224  # crop size (train) and evaluation size
-    resize_size: int = 256  # train images are resized to this square before the random crop
-    train_crop: int = 0  # side of the random train crop; 0 = image_size (the protocol)
-    color_jitter: bool = True
+    data_root: str = key("data", "synthetic")
+    # folder with train/valcl/valpx/test; "" = <data_root>/folds/fold-0
+    fold_dir: str = key("data", "")
+    synthetic_n_train: int = key("data", 60)
+    synthetic_n_valcl: int = key("data", 16)
+    synthetic_n_test: int = key("data", 40)
+    synthetic_n_valpx_per_class: int = key("data", 3)
+    synthetic_width: int = key("data", 192)
+    synthetic_height: int = key("data", 160)
+    synthetic_seed: int = key("data", 0)
+    image_size: int = key("data", 224)  # crop size (train) and evaluation size
+    # train images are resized to this square before the random crop
+    resize_size: int = key("data", 256)
+    train_crop: int = key("data", 0)  # side of the random train crop; 0 = image_size (the protocol)
+    color_jitter: bool = key("data", True)
 
     # --- model ----------------------------------------------------------------------------
-    backbone: str = "resnet50"
-    pretrained: str = "false"  # false | timm | <path to a local weight file>
-    output_stride: int = 8
+    backbone: str = key("model", "resnet50")
+    pretrained: str = key("model", "false")  # false | timm | <path to a local weight file>
+    output_stride: int = key("model", 8)
     # which of timm's feature stages is F for EfficientNet/MobileNet backbones: -1 = the last
     # (EfficientNets: the activated head conv), 3 = EfficientNet-Lite0's blocks.4 (112 channels)
-    feature_stage: int = -1
-    num_classes: int = 2
-    spatial_dropout: float = 0.1
-    support_background: bool = True
-    method: str = "layercam"  # the WSOL baseline whose CAMs seed PixelCAM
+    feature_stage: int = key("model", -1)
+    num_classes: int = key("model", 2)
+    spatial_dropout: float = key("wsol", 0.1)
+    support_background: bool = key("wsol", True)
+    method: str = key("wsol", "layercam")  # the WSOL baseline whose CAMs seed PixelCAM
     # official: weights sum(G^2 ReLU(G)) (the alpha division of the official code is a no-op;
     # what produced the paper's numbers) | paper: alpha = G^2 / (2G^2 + sum A G^3)
-    gradcampp_variant: str = "official"
+    gradcampp_variant: str = key("model", "official")
 
     # --- optimisation (both phases) -------------------------------------------------------
-    epochs: int = 1000
-    batch_size: int = 32
-    lr: float = 1e-3
-    head_lr_ratio: float = 10.0  # last stage + heads at lr * ratio (opt__lr_classifier_ratio)
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 1e-4
-    step_size: int = 5
-    gamma: float = 0.1
-    lr_floor: float = 1e-6
-    seed: int = 0
-    # Table 1's rows trained once per seed (comma-separated, e.g. "0,1,2"; "" = just `seed`): the
-    # tables show mean ± std over seeds. Each per-seed run is hashed with its own `seed`, so this
-    # key is not hashed and seed 0's run is the single-seed run of seed 0.
-    seeds: str = ""
+    epochs: int = key("optimisation", 1000)
+    batch_size: int = key("optimisation", 32)
+    lr: float = key("optimisation", 1e-3)
+    # last stage + heads at lr * ratio (opt__lr_classifier_ratio)
+    head_lr_ratio: float = key("optimisation", 10.0)
+    momentum: float = key("optimisation", 0.9)
+    nesterov: bool = key("optimisation", True)
+    weight_decay: float = key("optimisation", 1e-4)
+    step_size: int = key("optimisation", 5)
+    gamma: float = key("optimisation", 0.1)
+    lr_floor: float = key("optimisation", 1e-6)
+    seed: int = key("optimisation", 0)
+    amp: bool = key("optimisation", True)  # mixed precision on CUDA only; CPU always fp32
 
     # --- PixelCAM phase -------------------------------------------------------------------
-    pixelcam_epochs: int = 0  # 0 = same as epochs
+    pixelcam_epochs: int = key("pixelcam", 0)  # 0 = same as epochs
     # base lr of the PixelCAM phase (its last stage and heads at x head_lr_ratio); 0 = lr, as
     # the official code. The pixel head starts random on a trained encoder: a lower lr keeps the
     # encoder's features and the B-LOC curve steady (real-cpu profile)
-    pixelcam_lr: float = 0.0
-    pixel_head: str = "linear"  # linear | multi_layer
-    seeder: str = "pb"  # pb (probability-based) | th (Otsu threshold)
-    n_fg: int = 5
-    n_bg: int = 5
-    min_p: float = 0.2  # PB reads sl_ng_min_p (0.2) in the official code, not the README's 0.4
+    pixelcam_lr: float = key("pixelcam", 0.0)
+    pixel_head: str = key("pixelcam", "linear")  # linear | multi_layer
+    seeder: str = key("pixelcam", "pb")  # pb (probability-based) | th (Otsu threshold)
+    n_fg: int = key("pixelcam", 5)
+    n_bg: int = key("pixelcam", 5)
+    # PB reads sl_ng_min_p (0.2) in the official code, not the README's 0.4
+    min_p: float = key("pixelcam", 0.2)
     # TH's lowest-CAM BG region: the official TH reads sl_min_p, 0.4 in the official command
-    th_min_p: float = 0.4
-    bg_mode: str = "official"  # official: uniform in the lowest-min_p region | paper: ~ 1-CAM
-    lam: float = 1.0
-    cam_checkpoint: str = "b-loc"  # baseline checkpoint whose CAMs seed PixelCAM (Table 14)
-    init_checkpoint: str = "b-cl"  # baseline checkpoint PixelCAM starts from (official README)
-    low_res: bool = False  # True: CE at feature resolution on a downsampled CAM
+    th_min_p: float = key("pixelcam", 0.4)
+    # official: uniform in the lowest-min_p region | paper: ~ 1-CAM
+    bg_mode: str = key("pixelcam", "official")
+    lam: float = key("pixelcam", 1.0)
+    # baseline checkpoint whose CAMs seed PixelCAM (Table 14)
+    cam_checkpoint: str = key("pixelcam", "b-loc")
+    # baseline checkpoint PixelCAM starts from (official README)
+    init_checkpoint: str = key("pixelcam", "b-cl")
+    low_res: bool = key("pixelcam", False)  # True: CE at feature resolution on a downsampled CAM
     # "" = pseudo-labels from the baseline trained on this dataset; glas | camelyon16 = from the
     # baseline trained on that (external) dataset, which also initialises PixelCAM (Table 18)
-    cam_source: str = ""
-    pixel_loss_rows: str = "all"  # all | positive (CAMELYON with neg_samples_partial False)
+    cam_source: str = key("pixelcam", "")
+    # all | positive (CAMELYON with neg_samples_partial False)
+    pixel_loss_rows: str = key("pixelcam", "all")
 
-    # --- evaluation and runtime (do not change results; not hashed) ---------------------
-    select: str = "b-loc"  # checkpoint whose test numbers are the headline (official default)
-    eval_batch_size: int = 64
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # mixed precision on CUDA only; CPU always fp32
+
+    # --- runtime: where and how a run executes (not hashed: never changes a trained model) ---
+    # checkpoint whose test numbers are the headline (official default)
+    select: str = key("runtime", "b-loc")
+    eval_batch_size: int = key("runtime", 64)
+    device: str = key("runtime", "auto")  # auto | cpu | cuda | cuda:N
     # torch.compile the training forward: faster steps after a one-off compile; same results up to
     # float tolerance (fused kernels round differently), hence not hashed
-    compile: bool = False
-    num_workers: int = 0
+    compile: bool = key("runtime", False)
+    num_workers: int = key("runtime", 0)
     # decoded, resized images of a training's train/valcl/valpx splits kept in memory when they
     # fit in this many MB (GlaS at 256 px: ~20 MB); 0 = decode every image at every read
-    image_cache_mb: int = 2048
+    image_cache_mb: int = key("runtime", 2048)
     # the resume state (state.pt, and the B-LOC/B-CL weights found since the last write) is
     # written at most once per this many seconds, and always after the last epoch and on SIGTERM;
     # 0 = after every epoch. A SIGKILL loses at most this much training
-    state_every_s: float = 60.0
+    state_every_s: float = key("runtime", 60.0)
     # write that resume state at all: off where no run is ever resumed (a preflight empties its
     # cache at each start), which spares writing about twice the model per run. The B-LOC/B-CL
     # weights go to disk at the same points either way, and a SIGTERM still writes the state
-    resume_state: bool = True
+    resume_state: bool = key("runtime", True)
     # read every run from the run cache and never train one (a run that is not finished is an
     # error): the reports job of `pixelcam reports --submit`, after the training jobs
-    cached_only: bool = False
-    cache_dir: str = ".cache/pixelcam"
-    figure_images: int = 4  # images per class in map grids
+    cached_only: bool = key("runtime", False)
+    cache_dir: str = key("runtime", ".cache/pixelcam")
+
+    # --- notebooks: which rows, sweeps and figures (not hashed: each run is hashed alone) -----
+    # Table 1's rows trained once per seed (comma-separated, e.g. "0,1,2"; "" = just `seed`): the
+    # tables show mean ± std over seeds. Each per-seed run is hashed with its own `seed`, so this
+    # key is not hashed and seed 0's run is the single-seed run of seed 0.
+    seeds: str = key("notebook", "")
+    figure_images: int = key("notebook", 4)  # images per class in map grids
     # which rows a table trains and shows (comma-separated baselines; NEGEV; the U-Net bound)
-    table_methods: str = "layercam"
-    table_negev: bool = False
-    table_unet: bool = False
-    # datasets a notebook covers (comma-separated; "" = just `dataset`); per-dataset overrides of
-    # any other key live in the `glas:` and `camelyon16:` mappings (e.g. epochs, data_root)
-    datasets: str = ""
-    glas: dict[str, Any] = field(default_factory=dict)
-    camelyon16: dict[str, Any] = field(default_factory=dict)
+    table_methods: str = key("notebook", "layercam")
+    table_negev: bool = key("notebook", False)
+    table_unet: bool = key("notebook", False)
+    # datasets a notebook covers (comma-separated; "" = just `dataset`)
+    datasets: str = key("notebook", "")
+    # dataset name -> the keys that differ on that dataset (e.g. epochs, data_root); a params
+    # file writes them as a mapping under the dataset's name (`glas:`, `camelyon16:`)
+    per_dataset: dict[str, dict[str, Any]] = key("notebook", factory=dict)
     # notebook sweeps (comma-separated values) and figure settings
-    backbones: str = ""  # notebook 10's sweep (Tables 7-10); its params files name the backbones
-    n_values: str = "1,5,10,20"
-    lam_values: str = "1,0.5,0.1,0.01,0.001"
-    stain_levels: int = 10
-    stain_levels_file: str = ""  # a frozen stain-levels JSON; "" = fit once and keep in the cache
-    ttest_resamples: int = 29  # bootstrap resamples of the test set for the paired t-test
-    tsne_images: int = 3  # images per class in the t-SNE figures
-    tsne_pixels: int = 400  # pixel features per image in a t-SNE panel
-    timing_repeats: int = 10  # timed passes per Table 11 row (median), after 2 warm-up passes
+    # notebook 10's sweep (Tables 7-10); its params files name the backbones
+    backbones: str = key("notebook", "")
+    n_values: str = key("notebook", "1,5,10,20")
+    lam_values: str = key("notebook", "1,0.5,0.1,0.01,0.001")
+    stain_levels: int = key("notebook", 10)
+    # a frozen stain-levels JSON; "" = fit once and keep in the cache
+    stain_levels_file: str = key("notebook", "")
+    # bootstrap resamples of the test set for the paired t-test
+    ttest_resamples: int = key("notebook", 29)
+    tsne_images: int = key("notebook", 3)  # images per class in the t-SNE figures
+    tsne_pixels: int = key("notebook", 400)  # pixel features per image in a t-SNE panel
+    # timed passes per Table 11 row (median), after 2 warm-up passes
+    timing_repeats: int = key("notebook", 10)
 
     def __post_init__(self) -> None:
         _check_choices(self)
 
     @property
     def map_method(self) -> str:
-        """The name of the baseline's map function (pixelcam.models.cams.MAPS)."""
-        if self.method == "gradcampp" and self.gradcampp_variant == "official":
-            return "gradcampp_official"
-        return self.method
+        """The name of the baseline's map function (a key of pixelcam.maps.MAPS)."""
+        return METHODS[self.method].map_name(self)
 
     @property
     def dataset_names(self) -> list[str]:
@@ -166,10 +195,10 @@ class Config:
         """This config on another dataset, with that dataset's overrides applied."""
         if name not in DATASETS:
             raise ConfigError(f"dataset {name!r} is not valid: use one of {', '.join(DATASETS)}")
-        changes = dict(getattr(self, name))
+        changes = dict(self.per_dataset.get(name, {}))
         if changes.get("data_root") == "":  # PIXELCAM_<NAME>_ROOT was unset at load time
             raise missing_root_error(name)
-        if self.method == "sat":  # DeiT-Tiny/16 keeps its 224x224 input on every dataset
+        if METHODS[self.method].input_size:  # a fixed input (SAT) is kept on every dataset
             changes.pop("image_size", None)
             changes.pop("resize_size", None)
         return self.replace(dataset=name, **changes)
@@ -200,6 +229,9 @@ class Config:
         return load_config(None, {**self.to_dict(), **changes}, check_datasets=False)
 
 
+_GROUPS: dict[str, str] = {f.name: f.metadata.get("group", "") for f in fields(Config)}
+
+
 def profiles(root: str | Path = ".") -> list[str]:
     """The profiles of a project: the folders of `<root>/params/` that hold params files."""
     folder = Path(root) / "params"
@@ -212,11 +244,10 @@ def notebook_params(folder: str | Path) -> list[Path]:
     return sorted(p for p in Path(folder).glob("*.yaml") if not p.name.startswith("_"))
 
 
-DATASETS = ("glas", "camelyon16")
 CHOICES: dict[str, tuple[str, ...]] = {
-    "dataset": DATASETS,
-    "cam_source": ("",) + DATASETS,
-    "method": ("layercam", "gradcampp", "deepmil", "cam", "sat"),
+    "dataset": tuple(DATASETS),
+    "cam_source": ("", *DATASETS),
+    "method": tuple(METHODS),
     "gradcampp_variant": ("official", "paper"),
     "pixel_head": ("linear", "multi_layer"),
     "seeder": ("pb", "th"),
@@ -227,20 +258,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "pixel_loss_rows": ("all", "positive"),
 }
 
-# Keys that never change a trained model or its numbers: left out of the run hashes.
-RUNTIME_KEYS = frozenset(
-    {"select", "eval_batch_size", "device", "num_workers", "cache_dir", "figure_images",
-     "table_methods", "table_negev", "table_unet", "datasets", "glas", "camelyon16",
-     "backbones", "n_values", "lam_values", "stain_levels", "stain_levels_file", "ttest_resamples",
-     "tsne_images", "tsne_pixels", "timing_repeats", "compile", "seeds", "image_cache_mb",
-     "state_every_s", "resume_state", "cached_only"}
-)
-# Keys that only the PixelCAM phase reads: a baseline is shared by every value of these.
-PIXELCAM_KEYS = frozenset(
-    {"pixelcam_epochs", "pixelcam_lr", "pixel_head", "seeder", "n_fg", "n_bg", "min_p",
-     "th_min_p", "bg_mode", "lam", "cam_checkpoint", "init_checkpoint", "low_res",
-     "pixel_loss_rows", "cam_source"}
-)
 HASH_VERSION = 4  # bump when training code changes what a config produces
 
 
@@ -326,10 +343,12 @@ def _check_choices(cfg: Config) -> None:
                 f"table_methods names {name!r}: use a comma-separated list of "
                 f"{', '.join(CHOICES['method'])}"
             )
-    if cfg.method == "sat" and cfg.image_size != 224:
+    method = METHODS[cfg.method]
+    if method.input_size and cfg.image_size != method.input_size:
+        n = method.input_size
         raise ConfigError(
-            f"method sat runs DeiT-Tiny/16 on 224x224 crops: set image_size: 224 "
-            f"(got {cfg.image_size}) and resize_size: 256"
+            f"method {cfg.method} runs {method.architecture} on {n}x{n} crops: set image_size: "
+            f"{n} (got {cfg.image_size}) and resize_size: {method.resize_size}"
         )
 
 
@@ -366,17 +385,25 @@ def _coerce(key: str, value: Any, kind: type, source: str) -> Any:
             return str(value).lower()
         if isinstance(value, (str, int, float)):
             return str(value)
-    elif typing.get_origin(kind) is dict:  # a per-dataset block: flat key: value overrides
+    elif typing.get_origin(kind) is dict:  # per_dataset: dataset name -> its block
         if value is None:
             return {}
         if isinstance(value, Mapping):
-            return _coerce_block(key, value, source)
+            return {name: _coerce_block(_dataset_name(name, source), block or {}, source)
+                    for name, block in value.items()}
     raise ConfigError(
         f"{source}: {key}={value!r} should be of type {kind.__name__}"
     )
 
 
-BLOCK_FORBIDDEN = frozenset({"dataset", "datasets", *DATASETS})
+BLOCK_FORBIDDEN = frozenset({"dataset", "datasets", "per_dataset", *DATASETS})
+
+
+def _dataset_name(name: str, source: str) -> str:
+    if name not in DATASETS:
+        raise ConfigError(f"{source}: per_dataset names {name!r}: use one of "
+                          f"{', '.join(DATASETS)}")
+    return name
 
 
 def _coerce_block(name: str, block: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -392,18 +419,6 @@ def _coerce_block(name: str, block: Mapping[str, Any], source: str) -> dict[str,
     return out
 
 
-def _env_var(name: str) -> str:
-    return f"PIXELCAM_{name.upper()}_ROOT"
-
-
-def missing_root_error(name: str, source: str = "params") -> ConfigError:
-    """The one-line fix for a dataset without a data root: prepare it, then point to it."""
-    return ConfigError(
-        f"{source}: no data for {name}: prepare it once with `pixelcam data prepare {name} "
-        f"--src <the unpacked download> --out <folder>`, then `export {_env_var(name)}=<folder>` "
-        f"or pass `-p {name}.data_root=<folder>`")
-
-
 def _resolve_data_roots(values: dict[str, Any], source: str) -> None:
     """Give every dataset a concrete data root before the Config exists.
 
@@ -415,15 +430,16 @@ def _resolve_data_roots(values: dict[str, Any], source: str) -> None:
     (`Config.for_dataset`). The top-level `data_root` becomes the root of `dataset`.
     """
     top = values.get("data_root", Config.data_root)
-    for name in DATASETS:
-        block = values.get(name) or {}
+    blocks = values.setdefault("per_dataset", {})
+    for name, info in DATASETS.items():
+        block = blocks.get(name, {})
         if block.get("data_root") or ("data_root" not in block and top != ""):
             continue  # explicit for this dataset, or inherits an explicit top-level root
-        values[name] = {**block, "data_root": os.environ.get(_env_var(name), "")}
+        blocks[name] = {**block, "data_root": os.environ.get(info.env_var, "")}
     name = values.get("dataset", Config.dataset)
     if name not in DATASETS:
         return  # Config's own check names the valid datasets
-    root = (values.get(name) or {}).get("data_root") or top
+    root = blocks.get(name, {}).get("data_root") or top
     if not root:
         raise missing_root_error(name, source)
     values["data_root"] = root
@@ -440,12 +456,13 @@ def _complete_blocks(values: dict[str, Any]) -> None:
     `data_root` is left to _resolve_data_roots.
     """
     defaults = {f.name: f.default for f in fields(Config)}
-    blocks = {name: dict(values.get(name) or {}) for name in DATASETS}
+    given = values.get("per_dataset", {})
+    blocks = {name: dict(given.get(name, {})) for name in DATASETS}
     keys = set().union(*blocks.values()) - {"data_root"}
     for name, block in blocks.items():
         missing = {k: values.get(k, defaults.get(k)) for k in keys if k not in block}
-        if missing:
-            values[name] = {**block, **missing}
+        if missing or name in given:
+            values.setdefault("per_dataset", {})[name] = {**block, **missing}
 
 
 def valid_keys() -> list[str]:
@@ -501,9 +518,13 @@ def load_config(path: str | Path | None = None,
     clean: dict[str, Any] = {}
     for key, value, src in merged:
         block, _, inner = key.partition(".")
+        blocks = clean.setdefault("per_dataset", {})
         if inner and block in DATASETS:  # `-p camelyon16.epochs=20` edits one block entry
             update = _coerce_block(block, {inner: value}, src)
-            clean[block] = {**clean.get(block, {}), **update}
+            blocks[block] = {**blocks.get(block, {}), **update}
+            continue
+        if key in DATASETS:  # a params file's `glas:` mapping: that dataset's whole block
+            blocks[key] = _coerce(key, {key: value}, _field_types()["per_dataset"], src)[key]
             continue
         if key not in types_:
             raise ConfigError(
@@ -520,7 +541,7 @@ def load_config(path: str | Path | None = None,
             if name not in DATASETS:
                 raise ConfigError(f"{source}: datasets names {name!r}: use a comma-separated "
                                   f"list of {', '.join(DATASETS)}")
-            if getattr(cfg, name).get("data_root") == "":
+            if cfg.per_dataset.get(name, {}).get("data_root") == "":
                 raise missing_root_error(name, source)
             cfg.for_dataset(name)
     return cfg
@@ -539,14 +560,29 @@ def _digest(payload: Mapping[str, Any]) -> str:
     return hashlib.sha1(blob).hexdigest()[:12]
 
 
+def group_of(name: str) -> str:
+    """The group of a Config key (see `key`)."""
+    return _GROUPS[name]
+
+
+def keys_in(*groups: str) -> list[str]:
+    """The Config keys of these groups, in declaration order."""
+    return [f.name for f in fields(Config) if f.metadata.get("group") in groups]
+
+
+def training_dict(cfg: Config, *leave_out: str) -> dict[str, Any]:
+    """The hashed keys of cfg (what defines its training), less the groups `leave_out`."""
+    groups = [g for g in HASHED_GROUPS if g not in leave_out]
+    return {k: getattr(cfg, k) for k in keys_in(*groups)}
+
+
 def baseline_key(cfg: Config) -> str:
     """Hash of what a baseline depends on, so every notebook and PixelCAM variant shares it."""
-    d = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS | PIXELCAM_KEYS}
-    return _digest({"v": HASH_VERSION, "stage": "baseline", **d})
+    return _digest({"v": HASH_VERSION, "stage": "baseline", **training_dict(cfg, "pixelcam")})
 
 
 def pixelcam_key(cfg: Config) -> str:
-    d = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS}
+    d = training_dict(cfg)
     d["pixelcam_epochs"] = cfg.total_pixelcam_epochs
     d["pixelcam_lr"] = cfg.phase_lr
     if cfg.cam_source:  # external pseudo-labels: the other dataset's baseline is an input too
@@ -556,9 +592,7 @@ def pixelcam_key(cfg: Config) -> str:
 
 def unet_key(cfg: Config) -> str:
     """The U-Net upper bound depends on data, backbone and optimisation, not on a WSOL method."""
-    skip = RUNTIME_KEYS | PIXELCAM_KEYS | {"method", "spatial_dropout", "support_background"}
-    d = {k: v for k, v in cfg.to_dict().items() if k not in skip}
-    return _digest({"v": HASH_VERSION, "stage": "unet", **d})
+    return _digest({"v": HASH_VERSION, "stage": "unet", **training_dict(cfg, "pixelcam", "wsol")})
 
 
 NEGEV_VERSION = 2  # 2: the decoder's init is seeded (before, it took the process's RNG state)
@@ -576,6 +610,7 @@ def params_hash(cfg: Config) -> str:
 
 __all__ = [
     "Config", "load_config", "parse_override", "valid_keys", "baseline_key", "pixelcam_key",
+    "HASHED_GROUPS", "UNHASHED_GROUPS", "group_of", "keys_in", "training_dict",
     "unet_key", "negev_key",
     "params_hash", "parse_seeds", "CHOICES",
 ]

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from pixelcam.maps import compute_maps
 from pixelcam.metrics import PxAP, ResampledPxAP
-from pixelcam.models.cams import compute_maps
 
 
 def resolve_device(name: str) -> torch.device:

@@ -16,12 +16,13 @@ import pandas as pd
 import torch
 
 from pixelcam import progress
+from pixelcam.builders import dataset
 from pixelcam.config import Config
 from pixelcam.evaluate import per_image_ap, to_image
-from pixelcam.models.cams import compute_maps
+from pixelcam.maps import compute_maps
 from pixelcam.report import data_label, method_label
-from pixelcam.runs import Run, dataset, load_run
 from pixelcam.sampler import sample_seeds_pb
+from pixelcam.store import Run, load_run
 
 
 def interactive() -> bool:

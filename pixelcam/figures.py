@@ -1,4 +1,6 @@
-"""Analysis figures: J histograms (Figs 3, 6-8), t-SNE grids (Figs 19-24), stain curves (4/5/9/10).
+"""The paper's figures from computed results: map grids (Figs 2, 11-18), J histograms (Figs 3,
+6-8), t-SNE grids (Figs 19-24), stain curves (Figs 4, 5, 9, 10). They take maps, numbers and
+images, never models (pixelcam.experiments computes what they show).
 
 Each function builds a bare matplotlib Figure (no pyplot state, nothing shown): the caller
 saves it or lets the notebook display it, and many figures in one process do not pile up.
@@ -13,7 +15,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-__all__ = ["PIXELCAM_SUFFIX", "separability_hist", "stain_curves", "tsne_grid"]
+__all__ = ["PIXELCAM_SUFFIX", "image_strip", "map_grid", "separability_hist", "stain_curves",
+           "tsne_grid"]
 
 PIXELCAM_SUFFIX = " + PixelCAM"
 FG_COLOR = "tab:red"
@@ -36,6 +39,47 @@ def _panels(names: list[str]) -> list[list[str]]:
         placed.update(group)
         groups.append(group)
     return groups
+
+
+def map_grid(images: list[np.ndarray], masks: list[np.ndarray], row_names: list[str],
+             maps: list[np.ndarray], titles: list[str]) -> Figure:
+    """Figure-2 style: per image (a row), the image, its ground truth, then each map over it.
+
+    `images` (H,W,3) in [0,1], `masks` (H,W), `maps` one (N,H,W) array in [0,1] per column of
+    `titles` (after "Image" and "Ground truth"); `row_names` label the rows (the class).
+    """
+    titles = ["Image", "Ground truth", *titles]
+    side = 2.1
+    fig = Figure(figsize=(side * len(titles), side * len(images)), layout="tight")
+    axes = fig.subplots(len(images), len(titles), squeeze=False)
+    for r, (image, mask) in enumerate(zip(images, masks)):
+        panels = [image, mask] + [m[r] for m in maps]
+        for c, panel in enumerate(panels):
+            ax = axes[r, c]
+            if c == 0:
+                ax.imshow(panel)
+                ax.set_ylabel(row_names[r])
+            elif c == 1:
+                ax.imshow(panel, cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(image)
+                ax.imshow(panel, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(titles[c], fontsize=8)
+    return fig
+
+
+def image_strip(images: list[np.ndarray], titles: list[str]) -> Figure:
+    """Images side by side with a title each (a test image at every stain level)."""
+    fig = Figure(figsize=(1.6 * len(images), 1.9), layout="tight")
+    axes = fig.subplots(1, len(images), squeeze=False)[0]
+    for ax, image, title in zip(axes, images, titles):
+        ax.imshow(image)
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    return fig
 
 
 def separability_hist(per_method: Mapping[str, pd.Series], bins: int = 20) -> Figure:

@@ -18,8 +18,8 @@ from submitit.helpers import Checkpointable
 
 from pixelcam import progress
 from pixelcam.config import Config
+from pixelcam.pipelines import get_baseline, get_negev, get_pixelcam, get_unet
 from pixelcam.runner import run_reports
-from pixelcam.runs import get_baseline, get_negev, get_pixelcam, get_unet
 
 PROGRESS_FILE = "progress.json"  # in a run directory: its training's last epoch (jobs only)
 TRAIN = {"baseline": get_baseline, "pixelcam": get_pixelcam, "negev": get_negev,

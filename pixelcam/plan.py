@@ -32,20 +32,15 @@ from typing import Any
 import torch
 
 from pixelcam import experiments as ex
-from pixelcam.config import PIXELCAM_KEYS, Config, load_config
+from pixelcam.builders import DATA_KEYS, data_paths, model_for
+from pixelcam.config import Config, keys_in, load_config
 from pixelcam.data.folds import read_split
 from pixelcam.errors import ConfigError
 from pixelcam.evaluate import resolve_device
-from pixelcam.models.cams import compute_maps
-from pixelcam.report import row_label
-from pixelcam.runs import (
-    DATA_KEYS,
-    PlannedRun,
-    data_paths,
-    get_or_train,
-    model_for,
-    planning,
-)
+from pixelcam.maps import compute_maps
+from pixelcam.methods import METHODS, row_label
+from pixelcam.pipelines import get_or_train
+from pixelcam.store import PlannedRun, planning
 from pixelcam.train import OBJECTIVES, make_optimizer
 
 CPU_BATCH = 2  # images per timed step on a CPU (scaled to the run's batch)
@@ -126,7 +121,7 @@ def split_sizes(cfg: Config) -> dict[str, int]:
 
 
 def _architecture(cfg: Config) -> str:
-    return "DeiT-Tiny" if cfg.method == "sat" else cfg.backbone
+    return METHODS[cfg.method].architecture_of(cfg)
 
 
 def _map_method(kind: str, cfg: Config) -> str:
@@ -235,7 +230,7 @@ def _variant(run: PlannedRun, notebook_cfg: Config) -> str:
     if run.kind not in ("pixelcam", "negev"):
         return ""
     own = notebook_cfg.for_dataset(run.config.dataset)
-    return " ".join(f"{k}={getattr(run.config, k)}" for k in sorted(PIXELCAM_KEYS)
+    return " ".join(f"{k}={getattr(run.config, k)}" for k in sorted(keys_in("pixelcam"))
                     if getattr(run.config, k) != getattr(own, k))
 
 

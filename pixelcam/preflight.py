@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from pixelcam.atomic import write_text
+from pixelcam.builders import data_paths
 from pixelcam.config import Config, load_config
 from pixelcam.data.folds import (
     ENCODING_FILE,
@@ -43,7 +44,6 @@ from pixelcam.data.folds import (
 )
 from pixelcam.errors import DataError
 from pixelcam.evaluate import resolve_device
-from pixelcam.runs import data_paths
 
 PER_CLASS = 1  # images of each class kept per split
 TSNE_PIXELS = 100  # pixels per image in notebook 12's t-SNE panels

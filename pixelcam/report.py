@@ -10,21 +10,21 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 import yaml
 
 from pixelcam.atomic import write_json, write_text
 from pixelcam.config import Config
-from pixelcam.evaluate import resolve_device, to_image
-from pixelcam.models.cams import compute_maps
+from pixelcam.datasets import DATASETS
+from pixelcam.evaluate import resolve_device
+from pixelcam.methods import METHODS, row_label
 from pixelcam.provenance import provenance
-from pixelcam.runs import TRAIN_LOG, Run, dataset, with_data_of
+from pixelcam.store import TRAIN_LOG, Run
 
 PAPER_DIR = Path(__file__).with_name("paper")
-METHOD_NAMES = {"layercam": "LayerCAM", "gradcampp": "GradCAM++", "deepmil": "DeepMIL",
-                "cam": "CAM", "sat": "SAT"}
-DATASET_NAMES = {"glas": "GlaS", "camelyon16": "CAMELYON16"}
-CLASS_NAMES = {"glas": {0: "benign", 1: "malignant"}, "camelyon16": {0: "normal", 1: "tumour"}}
+# the registries' names, as the notebooks read them
+METHOD_NAMES = {name: m.label for name, m in METHODS.items()}
+DATASET_NAMES = {name: d.label for name, d in DATASETS.items()}
+CLASS_NAMES = {name: dict(d.class_names) for name, d in DATASETS.items()}
 METRIC_NAMES = {"pxap": "PxAP", "cl": "CL", "t": "t", "p": "p", "df": "df"}
 
 
@@ -40,14 +40,6 @@ def paper_rows(table: str, prefix: str) -> dict[str, dict[str, Any]]:
     cut = f"{prefix}_"
     return {label: {k[len(cut):]: v for k, v in row.items() if k.startswith(cut)}
             for label, row in paper_table(table)["rows"].items()}
-
-
-def row_label(kind: str, method: str) -> str:
-    """The row name the paper's tables use for a run kind on top of a baseline method."""
-    if kind == "unet":
-        return "U-Net"
-    suffix = {"pixelcam": " + PixelCAM", "negev": " + NEGEV"}.get(kind, "")
-    return METHOD_NAMES.get(method, method) + suffix
 
 
 def method_label(run: Run) -> str:
@@ -240,56 +232,6 @@ def pick_images(labels: list[int], per_class: int) -> list[int]:
     for cls in sorted(set(labels)):
         chosen += [i for i, y in enumerate(labels) if y == cls][:per_class]
     return chosen
-
-
-def map_grid(runs: list[Run], cfg: Config, checkpoint: str | None = None,
-             per_class: int | None = None, split: str = "test", labels: list[int] | None = None,
-             titles: list[str] | None = None) -> plt.Figure:
-    """Figure-2-style grid: image, ground truth, then each run's map on cfg's test images.
-
-    cfg's data may be another dataset than the runs were trained on (OOD figures). Each run sees
-    the images at its own input size (SAT: 224); maps are shown at cfg's size.
-    """
-    checkpoint = checkpoint or cfg.select
-    per_class = per_class or cfg.figure_images
-    device = resolve_device(cfg.device)
-    ds = dataset(cfg, split)
-    all_labels = [r.label for r in ds.records]
-    idx = [i for i in pick_images(all_labels, per_class)
-           if labels is None or all_labels[i] in labels]
-    items = [ds[i] for i in idx]
-    size = (cfg.image_size, cfg.image_size)
-    y = torch.tensor([int(it["label"]) for it in items], device=device)
-    maps = []
-    for run in runs:
-        run_ds = dataset(with_data_of(run.config, cfg), split)
-        x = torch.stack([run_ds[i]["image"] for i in idx]).to(device)
-        model = run.load_model(checkpoint, device)
-        maps.append(compute_maps(run.map_method, model, x, y, size=size).cpu())
-    titles = ["Image", "Ground truth"] + (titles or [method_label(run) for run in runs])
-    fig, axes = plt.subplots(len(idx), len(titles), figsize=(2.1 * len(titles), 2.1 * len(idx)),
-                             squeeze=False)
-    names = CLASS_NAMES[cfg.dataset]
-    for r, item in enumerate(items):
-        image = to_image(item["image"])
-        panels = [image, item["mask"].numpy()] + [m[r].numpy() for m in maps]
-        for c, panel in enumerate(panels):
-            ax = axes[r, c]
-            if c == 0:
-                ax.imshow(panel)
-                ax.set_ylabel(names.get(int(item["label"]), str(int(item["label"]))))
-            elif c == 1:
-                ax.imshow(panel, cmap="gray", vmin=0, vmax=1)
-            else:
-                ax.imshow(image)
-                ax.imshow(panel, cmap="jet", alpha=0.5, vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(titles[c], fontsize=8)
-    fig.tight_layout()
-    plt.close(fig)  # shown once, where the caller displays it, not again at the end of the cell
-    return fig
 
 
 def write_results(output_dir: str | Path, cfg: Config, started: float, *,

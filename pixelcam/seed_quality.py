@@ -12,8 +12,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
+from pixelcam.builders import dataset
 from pixelcam.config import Config
-from pixelcam.runs import Run, dataset, store_cams
+from pixelcam.pipelines import store_cams
+from pixelcam.store import Run
 from pixelcam.train import bg_region_share, configured_seeds
 
 __all__ = ["cam_precision", "draw_seeds", "seed_precision", "seed_precision_table", "seed_grid"]

@@ -52,8 +52,8 @@ from pixelcam.evaluate import (
     loader_workers,
 )
 from pixelcam.losses import denormalize, negev_losses, pixelcam_objective
+from pixelcam.methods import METHODS
 from pixelcam.models.model import WSOLModel
-from pixelcam.models.sat import sat_losses
 from pixelcam.models.unet import segmentation_loss
 from pixelcam.sampler import sample_seeds_pb, sample_seeds_th
 
@@ -249,15 +249,16 @@ Parts = dict[str, torch.Tensor]
 
 def baseline_objective(model: WSOLModel, batch: dict[str, torch.Tensor], cfg: Config,
                        gen: torch.Generator, use_amp: bool) -> tuple[torch.Tensor, Parts]:
-    """Image cross-entropy: the WSOL baselines (phase 1); SAT adds its area and norm losses."""
+    """Image cross-entropy: the WSOL baselines (phase 1), plus a method's extra losses (SAT's
+    area and norm terms)."""
     x, y = batch["image"], batch["label"]
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_amp):
         out = model(x)
     loss = F.cross_entropy(out.logits.float(), y)
     parts = {"loss_cl": loss.detach()}
-    if cfg.method == "sat":  # dropped in the PixelCAM phase, as in the official code
-        last_map = distributed.unwrap(model).last_map  # model may be DDP- or compile-wrapped
-        for name, term in sat_losses(last_map.float()).items():
+    extra = METHODS[cfg.method].extra_losses  # baseline phase only, as in the official code
+    if extra is not None:
+        for name, term in extra(distributed.unwrap(model)).items():  # unwrap DDP / compile
             loss = loss + term
             parts[name] = term.detach()
     return loss, parts

@@ -14,7 +14,7 @@ from pixelcam.atomic import read_back
 from pixelcam.config import load_config
 from pixelcam.errors import DataError
 from pixelcam.report import main_table, rates_table, run_seed, seed_table
-from pixelcam.runs import load_run
+from pixelcam.store import load_run
 
 TABLES: dict[str, Callable[..., pd.DataFrame]] = {"table1": main_table, "table6": rates_table,
                                                   "table1 seeds": seed_table}

@@ -11,13 +11,12 @@ from pytorch_grad_cam import GradCAMPlusPlus, LayerCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
+from pixelcam import maps as map_registry
 from pixelcam.errors import ConfigError, DataError, ModelError
-from pixelcam.models import cams
+from pixelcam.maps import MAPS, compute_maps
+from pixelcam.methods import METHODS
 from pixelcam.models.cams import (
-    BASELINE_HEAD,
-    MAPS,
     cam,
-    compute_maps,
     deepmil,
     gradcampp,
     gradcampp_official,
@@ -165,7 +164,7 @@ def test_compute_maps_sizes_and_dispatch() -> None:
     torch.testing.assert_close(up, ref)
     maps, logits = compute_maps("layercam", model, x, labels, size=(16, 12), return_logits=True)
     assert maps.shape == (2, 16, 12) and logits.shape == (2, 3)
-    with pytest.raises(ConfigError, match="layercam, pixelcam"):
+    with pytest.raises(ConfigError, match="layercam, gradcampp, .*, pixelcam, negev, unet"):
         compute_maps("gradcam", model, x, labels)
     with pytest.raises(ConfigError, match="two positive integers"):
         compute_maps("pixelcam", model, x, labels, size=(0, 4))
@@ -175,7 +174,7 @@ def test_compute_maps_cleans_nan_and_out_of_range(monkeypatch: pytest.MonkeyPatc
     def broken(model: object, x: torch.Tensor, labels: object, return_logits: bool = False):
         return torch.tensor([[[float("nan"), 2.0], [-1.0, 0.25]]])
 
-    monkeypatch.setitem(cams.MAPS, "broken", broken)
+    monkeypatch.setitem(map_registry.MAPS, "broken", broken)
     out = compute_maps("broken", None, torch.zeros(1), None)
     assert torch.equal(out, torch.tensor([[[0.0, 1.0], [0.0, 0.25]]]))
 
@@ -342,16 +341,18 @@ def test_deepmil_map_is_minmax_of_true_class_attention() -> None:
 
 
 def test_registry_and_baseline_heads() -> None:
-    assert set(MAPS) >= {"cam", "gradcampp", "gradcampp_official", "layercam", "deepmil"}
-    assert BASELINE_HEAD == {
-        "cam": "wgap",
-        "gradcampp": "wgap",
-        "gradcampp_official": "wgap",
-        "layercam": "wgap",
-        "deepmil": "deepmil",
-    }
-    assert set(BASELINE_HEAD) <= set(MAPS) and set(BASELINE_HEAD.values()) <= set(IMAGE_HEADS)
+    assert list(METHODS) == ["layercam", "gradcampp", "deepmil", "cam", "sat"]
+    heads = {name: m.image_head for name, m in METHODS.items() if m.builder is None}
+    assert heads == {"layercam": "wgap", "gradcampp": "wgap", "deepmil": "deepmil",
+                     "cam": "wgap"}
+    assert set(heads.values()) <= set(IMAGE_HEADS)
+    assert set(MAPS) >= {"cam", "gradcampp", "gradcampp_official", "layercam", "deepmil",
+                         "sat", "pixelcam", "negev", "unet"}
     assert MAPS["gradcampp"] is gradcampp and MAPS["cam"] is cam and MAPS["deepmil"] is deepmil
+    assert MAPS["gradcampp_official"] is gradcampp_official
+    shared = {name for name, m in METHODS.items() if m.shares_wgap_training}
+    assert shared == {"cam", "gradcampp", "layercam"}
+    assert [name for name, m in METHODS.items() if not m.negev_row] == ["sat"]
 
 
 @pytest.mark.parametrize(
@@ -359,7 +360,8 @@ def test_registry_and_baseline_heads() -> None:
 )
 def test_every_baseline_map_shape_range_and_untouched_grads(method: str) -> None:
     enc = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU())
-    head = DeepMIL(8, 2, mid_channels=4) if BASELINE_HEAD[method] == "deepmil" else WGAP(8, 2)
+    owner = METHODS["gradcampp" if method == "gradcampp_official" else method]
+    head = DeepMIL(8, 2, mid_channels=4) if owner.image_head == "deepmil" else WGAP(8, 2)
     model = WSOLModel(enc, head, PixelHead(8)).eval()
     x = torch.randn(2, 3, 10, 12)
     labels = torch.tensor([0, 1])

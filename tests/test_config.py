@@ -1,14 +1,22 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
 
+from pixelcam import config as config_module
 from pixelcam.config import (
+    HASHED_GROUPS,
+    UNHASHED_GROUPS,
     Config,
     baseline_key,
+    group_of,
+    keys_in,
     load_config,
     params_hash,
     parse_override,
     pixelcam_key,
+    training_dict,
+    unet_key,
     valid_keys,
 )
 from pixelcam.errors import ConfigError
@@ -101,7 +109,7 @@ def test_table_methods_and_map_names():
 
 
 def test_config_for_method_gives_sat_its_input_size():
-    from pixelcam.runs import config_for_method
+    from pixelcam.pipelines import config_for_method
 
     cfg = load_config(None, {"image_size": 128, "resize_size": 144})
     assert (config_for_method(cfg, "sat").image_size, config_for_method(cfg, "sat").resize_size) \
@@ -294,3 +302,71 @@ def test_a_block_entry_of_a_notebook_file_replaces_only_that_entry(tmp_path):
     assert read_params(tmp_path / "01_x.yaml") == {
         "epochs": 3, "lr": 0.1, "camelyon16": {"epochs": 5, "low_res": True}}
     assert load_config(tmp_path / "01_x.yaml").for_dataset("camelyon16").epochs == 5
+
+
+def test_every_key_is_in_a_hashed_or_an_unhashed_group():
+    """A new Config key must say whether it defines a training: an ungrouped one fails here."""
+    groups = {f.name: f.metadata.get("group") for f in dataclasses.fields(Config)}
+    ungrouped = [name for name, group in groups.items()
+                 if group not in (*HASHED_GROUPS, *UNHASHED_GROUPS)]
+    assert ungrouped == [], (f"Config keys {ungrouped} have no group: declare them with "
+                             "key(<group>, default), a group of HASHED_GROUPS or UNHASHED_GROUPS")
+    assert not set(HASHED_GROUPS) & set(UNHASHED_GROUPS)
+    assert {group_of(k) for k in groups} == {*HASHED_GROUPS, *UNHASHED_GROUPS}
+
+
+@dataclasses.dataclass(frozen=True)
+class _WithUngroupedKey(Config):
+    new_knob: int = 3  # declared without key(): in no group
+
+
+def test_the_group_check_catches_a_key_without_a_group():
+    names = [f.name for f in dataclasses.fields(_WithUngroupedKey)
+             if f.metadata.get("group") not in (*HASHED_GROUPS, *UNHASHED_GROUPS)]
+    assert names == ["new_knob"]
+
+
+def _changed(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    return value + "x"
+
+
+@pytest.mark.parametrize("name", keys_in(*HASHED_GROUPS))
+def test_each_hashed_key_changes_the_pixelcam_run_key(name):
+    cfg = load_config(None, {})
+    raw = training_dict(cfg)
+    changed = dict(raw, **{name: _changed(raw[name])})
+    assert changed != raw
+    # the digest the run key is made of changes with every hashed key
+    assert config_module._digest(changed) != config_module._digest(raw)
+
+
+@pytest.mark.parametrize("name", keys_in(*UNHASHED_GROUPS))
+def test_no_unhashed_key_is_in_a_run_key(name):
+    cfg = load_config(None, {})
+    assert name not in training_dict(cfg)
+    assert set(training_dict(cfg)) == set(keys_in(*HASHED_GROUPS))
+
+
+def test_a_baseline_key_leaves_out_the_pixelcam_phase_and_the_unet_the_wsol_head():
+    cfg = load_config(None, {})
+    assert baseline_key(cfg) == baseline_key(cfg.replace(lam=0.5, seeder="th", n_fg=2))
+    assert pixelcam_key(cfg) != pixelcam_key(cfg.replace(lam=0.5))
+    assert unet_key(cfg) == unet_key(cfg.replace(method="deepmil", spatial_dropout=0.2))
+    assert unet_key(cfg) != unet_key(cfg.replace(epochs=3))
+    for name in ("eval_batch_size", "figure_images", "table_methods", "device", "seeds"):
+        assert group_of(name) in UNHASHED_GROUPS
+
+
+def test_per_dataset_overrides_are_one_mapping_keyed_by_dataset(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("datasets: glas,camelyon16\ncamelyon16:\n  epochs: 7\n")
+    cfg = load_config(path)
+    assert cfg.per_dataset["camelyon16"]["epochs"] == 7
+    assert cfg.for_dataset("camelyon16").epochs == 7 and cfg.for_dataset("glas").epochs == 1000
+    assert cfg.replace(seed=1).per_dataset == cfg.per_dataset  # survives a round trip
+    with pytest.raises(ConfigError, match="per_dataset names 'kather'"):
+        load_config(None, {"per_dataset": {"kather": {"epochs": 2}}})

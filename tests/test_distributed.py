@@ -37,7 +37,7 @@ ATOL, RTOL = 1e-5, 1e-4
 
 def _fit(cfg_dict: dict, out_dir: Path) -> dict:
     """Train the baseline phase on deterministic data; return the final weights and history."""
-    from pixelcam.runs import dataset, new_model
+    from pixelcam.builders import dataset, new_model
     from pixelcam.train import PhaseSpec, fit
 
     cfg = load_config(None, cfg_dict)
@@ -61,7 +61,7 @@ def _worker(job_path: str) -> None:
     for name, cfg_dict, folder in job.get("fits", []):
         report[name] = _fit(cfg_dict, out / folder)
     if "runs" in job:
-        from pixelcam.runs import get_baseline
+        from pixelcam.pipelines import get_baseline
 
         logs: list[str] = []
         cfg = load_config(None, job["runs"])

@@ -10,7 +10,7 @@ from scipy import stats
 from pixelcam import experiments as ex
 from pixelcam.config import load_config
 from pixelcam.report import main_table
-from pixelcam.runs import Run
+from pixelcam.store import Run
 
 
 def _run(kind, method, resampled, per_image):
@@ -200,7 +200,7 @@ def test_verify_recomputes_the_multi_seed_tables(tmp_path):
     import time
 
     from pixelcam.report import rates_table, write_results
-    from pixelcam.runs import load_run
+    from pixelcam.store import load_run
     from pixelcam.verify import verify
 
     rates = {"TP*": 50.0, "FN*": 50.0, "TN*": 90.0, "FP*": 10.0}

@@ -133,7 +133,7 @@ def test_damaged_cache_files_name_themselves(tmp_path):
 
     from pixelcam.config import load_config
     from pixelcam.errors import DataError
-    from pixelcam.runs import get_or_train, store_cams
+    from pixelcam.pipelines import get_or_train, store_cams
 
     cfg = load_config(None, {**TINY, "epochs": 1, "cache_dir": str(tmp_path)})
     runs = get_or_train(cfg, log=lambda s: None)

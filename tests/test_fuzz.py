@@ -12,11 +12,11 @@ import pytest
 import yaml
 from PIL import Image
 
+from pixelcam.builders import synthetic_spec
 from pixelcam.config import Config, load_config, valid_keys
 from pixelcam.data.dataset import WSOLDataset
 from pixelcam.data.synthetic import SyntheticSpec, write_dataset
 from pixelcam.errors import ConfigError, PixelCamError
-from pixelcam.runs import synthetic_spec
 
 SPEC = SyntheticSpec(n_train=2, n_valcl=2, n_test=2, n_valpx_per_class=1, width=40, height=32)
 

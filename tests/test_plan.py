@@ -63,7 +63,7 @@ def test_paper_plan_lists_each_training_once_for_the_notebook_that_runs_it(paper
 
 def test_estimate_adds_steps_validation_cams_and_test():
     from pixelcam.config import load_config
-    from pixelcam.runs import PlannedRun
+    from pixelcam.store import PlannedRun
 
     cfg = load_config(None, {"batch_size": 32})
     run = PlannedRun("pixelcam", "k", Path("x"), cfg, 10, False)

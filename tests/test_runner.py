@@ -145,7 +145,7 @@ TINY = {"synthetic_n_train": 16, "synthetic_n_valcl": 4, "synthetic_n_test": 4,
         "synthetic_n_valpx_per_class": 1, "synthetic_width": 64, "synthetic_height": 48,
         "image_size": 48, "resize_size": 56, "backbone": "resnet18", "batch_size": 4,
         "eval_batch_size": 8, "lr": 0.01, "device": "cpu", "state_every_s": 0}
-IMPORTS = "from pixelcam.config import load_config\nfrom pixelcam.runs import get_baseline"
+IMPORTS = "from pixelcam.config import load_config\nfrom pixelcam.pipelines import get_baseline"
 TRAIN = "run = get_baseline(load_config(None, params))\nprint(run.results['best_epoch'])"
 
 
@@ -198,7 +198,7 @@ def test_a_training_cell_past_train_timeout_keeps_its_resume_state(tmp_path):
     (tmp_path / "notebooks").mkdir()
     # the first cell (no limit) imports and writes the data; the tagged cell trains 40 epochs,
     # far more than its 5 s allow
-    prepare = (IMPORTS + "\nfrom pixelcam.runs import data_paths\n"
+    prepare = (IMPORTS + "\nfrom pixelcam.builders import data_paths\n"
                "data_paths(load_config(None, params))")
     _cells(tmp_path / "notebooks" / "01_train.ipynb", (prepare, []), (TRAIN, ["trains"]))
     epochs = 40

@@ -35,7 +35,7 @@ def test_seeds_are_drawn_as_the_trainer_draws_them(tmp_path):
 
     matplotlib.use("Agg")
     from pixelcam.config import load_config
-    from pixelcam.runs import get_baseline
+    from pixelcam.pipelines import get_baseline
     from pixelcam.seed_quality import cam_precision, draw_seeds, seed_grid, seed_precision_table
 
     def row_cam(table):

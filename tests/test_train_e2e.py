@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 
+from pixelcam.builders import dataset, new_model
 from pixelcam.config import load_config
 from pixelcam.evaluate import resolve_device
+from pixelcam.pipelines import get_baseline, get_negev, get_or_train, get_unet
 from pixelcam.report import main_table, run_table
-from pixelcam.runs import dataset, get_baseline, get_negev, get_or_train, get_unet, new_model
 from pixelcam.train import FilledBatchSampler, PhaseSpec, fit, train_loader
 
 TINY = {
@@ -406,7 +407,7 @@ def test_verify_finds_a_tampered_number(trained, tmp_path):
 @pytest.mark.parametrize("kind", ["baseline", "pixelcam", "negev"])
 def test_a_checkpoint_loads_without_init_into_the_same_model(trained, kind):
     """model_holding skips the random init the weights replace; the model is the same."""
-    from pixelcam.runs import model_for, model_holding
+    from pixelcam.builders import model_for, model_holding
 
     cfg, runs, _ = trained
     run = runs.get(kind) or get_negev(cfg, log=lambda s: None)
@@ -429,7 +430,7 @@ def test_a_checkpoint_loads_without_init_into_the_same_model(trained, kind):
 def test_a_module_with_a_buffer_outside_its_state_dict_is_built_the_ordinary_way(
         trained, monkeypatch):
     """A non-persistent buffer is not in the checkpoint: a meta build would leave it empty."""
-    import pixelcam.runs as runs_module
+    import pixelcam.builders as runs_module
 
     cfg, runs, _ = trained
     real_model_for = runs_module.model_for
@@ -451,7 +452,7 @@ def test_a_module_with_a_buffer_outside_its_state_dict_is_built_the_ordinary_way
 
 def test_checkpoints_of_one_epoch_are_evaluated_once(trained, monkeypatch, tmp_path):
     """B-LOC and B-CL of the same epoch are one file: one test evaluation, copied."""
-    import pixelcam.runs as runs_module
+    import pixelcam.pipelines as runs_module
 
     cfg, runs, _ = trained
     run = runs["baseline"]
@@ -484,7 +485,7 @@ def test_checkpoints_of_one_epoch_are_evaluated_once(trained, monkeypatch, tmp_p
 def test_test_rates_use_the_valpx_threshold_measured_at_the_selected_epoch(trained, monkeypatch):
     """Validation keeps each epoch's valpx threshold, so the test evaluation of a checkpoint
     needs no second valpx pass; the numbers are those of that second pass."""
-    import pixelcam.runs as runs_module
+    import pixelcam.pipelines as runs_module
 
     cfg, runs, _ = trained
     device = resolve_device("cpu")
@@ -523,8 +524,8 @@ def test_test_rates_use_the_valpx_threshold_measured_at_the_selected_epoch(train
 def test_valcl_accuracy_counts_valpx_images_from_their_map_pass(kind, method, tmp_path):
     """valpx lies inside valcl: validation scores valpx's images once, with their maps, and
     the rest of valcl without; the scores and torch's RNG stream are the two-pass ones."""
+    from pixelcam.builders import model_for
     from pixelcam.evaluate import eval_loader
-    from pixelcam.runs import model_for
     from pixelcam.train import _valcl_outside_valpx, _validate
 
     sat = {"image_size": 224, "resize_size": 256} if method == "sat" else {}  # DeiT-Tiny/16

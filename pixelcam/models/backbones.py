@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from pixelcam.errors import ConfigError, ModelError, PixelCamError
-from pixelcam.weights import pretrained_tag, timm_weights_file
+from pixelcam.hub import pretrained_tag, timm_weights_file
 
 KNOWN_BACKBONES = (
     "resnet18",

@@ -1,24 +1,18 @@
-"""Localisation maps as plain functions of (model, x, labels), plus a name -> function registry.
+"""The WSOL nets' localisation maps as plain functions of (model, x, labels).
 
-Adding a method is one function and one registry line. Gradient CAMs differentiate the class
-score with respect to F directly (`torch.autograd.grad`), so they need no hooks and leave the
-parameters' `.grad` untouched.
+Which method uses which function is `pixelcam.methods`; a map by name is `pixelcam.maps`.
+Gradient CAMs differentiate the class score with respect to F directly (`torch.autograd.grad`),
+so they need no hooks and leave the parameters' `.grad` untouched.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from pixelcam.errors import ConfigError, DataError, ModelError
 from pixelcam.models.heads import WGAP, DeepMIL
 from pixelcam.models.model import WSOLModel
-from pixelcam.models.negev import negev_map
-from pixelcam.models.sat import sat_map
-from pixelcam.models.unet import unet_map
 
 GRADCAMPP_VARIANTS = ("paper", "official")
 
@@ -195,51 +189,3 @@ def pixelcam(
         out = model(x)
         maps = torch.softmax(out.pixel_logits, dim=1)[:, 1]
     return (maps, out.logits) if return_logits else maps
-
-
-MAPS: dict[str, Callable] = {
-    "layercam": layercam,
-    "pixelcam": pixelcam,
-    "cam": cam,
-    "gradcampp": gradcampp,
-    "gradcampp_official": gradcampp_official,
-    "deepmil": deepmil,
-    "unet": unet_map,
-    "negev": negev_map,
-    "sat": sat_map,
-}
-
-# The image head each baseline trains with (notes 1.4), so training picks it from the method.
-BASELINE_HEAD: dict[str, str] = {
-    "cam": "wgap",
-    "gradcampp": "wgap",
-    "gradcampp_official": "wgap",
-    "layercam": "wgap",
-    "deepmil": "deepmil",
-}
-
-
-def compute_maps(
-    method: str,
-    model: WSOLModel,
-    x: Tensor,
-    labels: Tensor | None,
-    size: tuple[int, int] | None = None,
-    return_logits: bool = False,
-) -> Tensor | tuple[Tensor, Tensor]:
-    """Maps (B,h,w) in [0,1] by method name, optionally resized to `size` for evaluation."""
-    if method not in MAPS:
-        raise ConfigError(f"map method {method!r} is unknown; use one of {', '.join(MAPS)}.")
-    if size is not None and (len(size) != 2 or any(int(s) < 1 for s in size)):
-        raise ConfigError(f"map size {size!r} must be two positive integers (height, width).")
-    result = MAPS[method](model, x, labels, return_logits=return_logits)
-    maps, logits = result if return_logits else (result, None)
-    if size is not None:
-        maps = F.interpolate(
-            maps.unsqueeze(1),
-            size=(int(size[0]), int(size[1])),
-            mode="bilinear",
-            align_corners=False,
-        ).squeeze(1)
-    maps = torch.nan_to_num(maps, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
-    return (maps, logits) if return_logits else maps

@@ -24,6 +24,8 @@ class ModelOutput(NamedTuple):
 class WSOLModel(nn.Module):
     """Encoder -> F; image logits from spatially-dropped F; pixel logits from the un-dropped F."""
 
+    has_pixel_features = True  # `encoder(x)` is F, the map the pixel head reads (analysis)
+
     def __init__(
         self,
         encoder: nn.Module,

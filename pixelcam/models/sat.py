@@ -32,12 +32,13 @@ from timm.layers import Attention, trunc_normal_
 from torch import Tensor, nn
 
 from pixelcam.errors import ConfigError, DataError, ModelError
+from pixelcam.hub import pretrained_tag, timm_weights_file
 from pixelcam.models.backbones import load_weights
+from pixelcam.models.cams import minmax
 from pixelcam.models.heads import PixelHead
 from pixelcam.models.model import ModelOutput
-from pixelcam.weights import SAT_BACKBONE, pretrained_tag, timm_weights_file
 
-DEIT_NAME = SAT_BACKBONE  # "deit_tiny_patch16_224"
+DEIT_NAME = "deit_tiny_patch16_224"  # the timm architecture SAT is built on
 SAT_AREA_THRESHOLD = 0.35  # sat_area_th of the official SatLoss
 MAP_BLOCKS = 3  # the last 3 blocks re-weight their attention and make the map
 GAUSS_NSIG = 6.0  # get_kernel(3, nsig=6) of the official code
@@ -168,6 +169,8 @@ class SATModel(nn.Module):
     evaluation and the map registry treat it like the CNN models.
     """
 
+    has_pixel_features = True  # `encoder(x)` is F (its patch tokens as a map), as WSOLModel
+
     def __init__(
         self, num_classes: int = 2, pixel_head: str | None = None, drop_path_rate: float = 0.1
     ) -> None:
@@ -216,9 +219,6 @@ def sat_map(
             f"the SAT map needs a SAT model, got {type(model).__name__}; build it with "
             "build_sat() (method 'sat')."
         )
-    # imported here: cams.py registers this function, so a module-level import would be circular
-    from pixelcam.models.cams import minmax
-
     with torch.no_grad():
         out = model(x)
         maps = minmax(model.last_map.float())

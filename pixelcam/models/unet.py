@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelcam.errors import ConfigError, DataError, ModelError
+from pixelcam.hub import pretrained_tag
 from pixelcam.models.backbones import weight_source
-from pixelcam.weights import pretrained_tag
 
 __all__ = [
     "DEFAULT_DECODER_CHANNELS",

@@ -1,210 +1,52 @@
-"""Run directories keyed by a stable hash of the config: train once, reuse everywhere.
+"""The trainings behind every table: baseline, PixelCAM, NEGEV and the U-Net, through the store.
 
-A baseline lives in `<cache_dir>/runs/baseline-<key>/`, the PixelCAM model trained on its CAMs in
-`<cache_dir>/runs/pixelcam-<key>/`. A run is complete only when its `results.json` exists; an
-interrupted run is resumed from its `state.pt`, and a file lock keeps two processes from training
-the same run twice. One training may write several baseline runs (`shares_training`).
+Each `get_*` returns the finished run of its config, training it first when the store has none
+(pixelcam.store). One training of a WGAP baseline also writes the runs of the other baselines
+of its table that share it (`shares_training`).
 """
 
 from __future__ import annotations
 
 import copy
-import fcntl
-import hashlib
-import json
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from pixelcam import distributed
 from pixelcam.atomic import link_over, read_back, save_torch, write_json, write_text
-from pixelcam.config import Config, baseline_key, load_config, negev_key, pixelcam_key, unet_key
+from pixelcam.builders import (
+    data_key,
+    dataset,
+    model_for,
+    model_holding,
+    new_model,
+    new_negev,
+    with_data_of,
+)
+from pixelcam.config import Config, baseline_key, negev_key, pixelcam_key, unet_key
 from pixelcam.data.dataset import WSOLDataset
-from pixelcam.data.synthetic import SyntheticSpec, ensure_dataset
-from pixelcam.errors import DataError
 from pixelcam.evaluate import eval_loader, evaluate_split, resolve_device
-from pixelcam.models.cams import BASELINE_HEAD, compute_maps
-from pixelcam.models.model import WSOLModel, build_model
-from pixelcam.models.negev import NEGEV
-from pixelcam.models.sat import build_sat
-from pixelcam.models.unet import UNet
+from pixelcam.maps import compute_maps
+from pixelcam.methods import METHODS, row_label
+from pixelcam.models.model import WSOLModel
 from pixelcam.progress import Tracker, file_log, note
 from pixelcam.provenance import provenance
+from pixelcam.store import (
+    TRAIN_LOG,
+    Log,
+    PlannedRun,
+    Run,
+    cached,
+    checkpoint_weights,
+    current_plan,
+    locked,
+    run_dir_of,
+)
 from pixelcam.train import CHECKPOINTS, FitResult, PhaseSpec, fit
-
-Log = Callable[[str], None]
-TRAIN_LOG = "train.log"  # each run's epoch log, in its run directory
-
-
-def synthetic_spec(cfg: Config) -> SyntheticSpec:
-    return SyntheticSpec(
-        n_train=cfg.synthetic_n_train, n_valcl=cfg.synthetic_n_valcl, n_test=cfg.synthetic_n_test,
-        n_valpx_per_class=cfg.synthetic_n_valpx_per_class, width=cfg.synthetic_width,
-        height=cfg.synthetic_height, seed=cfg.synthetic_seed, domain=cfg.dataset,
-    )
-
-
-DATA_KEYS = ("dataset", "data_root", "fold_dir", "synthetic_n_train", "synthetic_n_valcl",
-             "synthetic_n_test", "synthetic_n_valpx_per_class", "synthetic_width",
-             "synthetic_height", "synthetic_seed")
-
-
-def data_key(cfg: Config, split: str = "") -> str:
-    """Names what a model is evaluated on: the data fields, the input size and the split."""
-    fields = {k: getattr(cfg, k) for k in DATA_KEYS}
-    blob = json.dumps({**fields, "image_size": cfg.image_size, "split": split}, sort_keys=True)
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
-
-
-def with_data_of(cfg: Config, data: Config) -> Config:
-    """`cfg` (a trained model's params) reading the images of `data` (another dataset)."""
-    return cfg.replace(**{k: getattr(data, k) for k in DATA_KEYS})
-
-
-def data_paths(cfg: Config) -> tuple[Path, Path]:
-    """(data_root, fold_dir): the embedded synthetic default is generated once into the cache."""
-    if cfg.data_root == "synthetic":
-        root = ensure_dataset(Path(cfg.cache_dir) / "data", synthetic_spec(cfg))
-    else:
-        root = Path(cfg.data_root).expanduser()
-        if not root.is_dir():
-            raise DataError(
-                f"data root {root} does not exist: set data_root in the params file to the folder "
-                "that image ids are relative to (or 'synthetic' for the embedded dataset)"
-            )
-    fold = Path(cfg.fold_dir).expanduser() if cfg.fold_dir else root / "folds" / "fold-0"
-    if not fold.is_dir():
-        raise DataError(
-            f"fold directory {fold} does not exist: set fold_dir to a folder holding "
-            "train/ valcl/ valpx/ test/ split files"
-        )
-    return root, fold
-
-
-def dataset(cfg: Config, split: str, *, train: bool = False,
-            cams: dict[str, torch.Tensor] | None = None, train_masks: bool = False
-            ) -> WSOLDataset:
-    root, fold = data_paths(cfg)
-    return WSOLDataset(root, fold, split, train=train, image_size=cfg.image_size,
-                       resize_size=cfg.resize_size, cams=cams, color_jitter=cfg.color_jitter,
-                       train_masks=train_masks, crop_size=cfg.train_crop)
-
-
-def new_model(cfg: Config, pixel: bool) -> torch.nn.Module:
-    """A freshly initialised model; the init is seeded so the same params give the same weights."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        if cfg.method == "sat":  # SAT is its own architecture: DeiT-Tiny with a location token
-            return build_sat(cfg.num_classes, pixel_head=cfg.pixel_head if pixel else None,
-                             pretrained=cfg.pretrained)
-        return build_model(
-            cfg.backbone, num_classes=cfg.num_classes, pretrained=cfg.pretrained,
-            output_stride=cfg.output_stride, feature_stage=cfg.feature_stage,
-            head=BASELINE_HEAD[cfg.method],
-            support_background=cfg.support_background,
-            pixel_head=cfg.pixel_head if pixel else None, spatial_dropout=cfg.spatial_dropout,
-        )
-
-
-def new_negev(cfg: Config, classifier: torch.nn.Module) -> NEGEV:
-    """NEGEV on `classifier`; its decoder's init is seeded, not left to whatever the process
-    drew before (a baseline trained in the same process, or read from the cache)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        return NEGEV(classifier, freeze=True)
-
-
-def model_for(kind: str, cfg: Config) -> torch.nn.Module:
-    """The architecture of a run kind, freshly (and reproducibly) initialised."""
-    if kind in ("baseline", "pixelcam"):
-        return new_model(cfg, pixel=kind == "pixelcam")
-    if kind == "negev":  # the decoder's frozen classifier is the baseline architecture
-        return new_negev(cfg, new_model(cfg, pixel=False))
-    if kind == "unet":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            return UNet(cfg.backbone, pretrained=cfg.pretrained)
-    raise ValueError(f"unknown run kind {kind!r}")
-
-
-@contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """Serialise work on one run directory across processes (a second process waits).
-
-    Under torchrun only rank 0 takes the lock, for all its ranks: were each rank to take it,
-    rank 0 would train holding it while the others, needed by every step, waited for it.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    if not distributed.is_main():
-        yield
-        return
-    with open(directory / ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _weights(run_dir: Path, checkpoint: str) -> dict[str, torch.Tensor]:
-    return read_back(run_dir / "checkpoints" / f"{checkpoint}.pt")
-
-
-def model_holding(kind: str, cfg: Config, state: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """The architecture of a run kind holding `state` (a checkpoint), on the CPU.
-
-    It is built on the meta device and takes the checkpoint's tensors as they are, so no random
-    init runs for weights that are replaced at once (timm's VGG16 spends 2 s initialising a
-    4096-wide classifier the WSOL net drops), and no ImageNet file is read for them. Should the
-    meta build not hold exactly the checkpoint's tensors (a buffer kept out of the state dict),
-    the model is built and loaded the ordinary way, which also names any mismatch.
-    """
-    with torch.device("meta"):
-        model = model_for(kind, cfg.replace(pretrained="false"))
-    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
-    if set(tensors) == set(state) and all(t.shape == state[k].shape for k, t in tensors.items()):
-        model.load_state_dict(state, assign=True)
-        return model
-    model = model_for(kind, cfg)
-    model.load_state_dict(state)
-    return model
-
-
-@dataclass
-class Run:
-    """A finished run: where it lives and what it measured."""
-
-    kind: str  # baseline | pixelcam
-    key: str
-    dir: Path
-    results: dict[str, Any]
-    reused: bool
-
-    @property
-    def map_method(self) -> str:
-        return self.results["map_method"]
-
-    @property
-    def config(self) -> Config:
-        """The params this run was trained with."""
-        return load_config(None, self.results["config"], check_datasets=False)
-
-    def load_model(self, checkpoint: str, device: torch.device | None = None) -> torch.nn.Module:
-        cfg = self.config
-        device = device or resolve_device(cfg.device)
-        model = model_holding(self.kind, cfg, _weights(self.dir, checkpoint))
-        return model.to(device).eval()
-
-    def test(self, checkpoint: str) -> dict[str, Any]:
-        return self.results["test"][checkpoint]
 
 
 def _evaluate_checkpoints(run_dir: Path, cfg: Config, kind: str, map_method: str,
@@ -226,7 +68,7 @@ def _evaluate_checkpoints(run_dir: Path, cfg: Config, kind: str, map_method: str
         if same is not None:
             out[name] = copy.deepcopy(out[same])
             continue
-        model = model_holding(kind, cfg, _weights(run_dir, name)).to(device)
+        model = model_holding(kind, cfg, checkpoint_weights(run_dir, name)).to(device)
         threshold = thresholds.get(name)
         if threshold is None:
             if valpx is None:
@@ -285,8 +127,6 @@ def _train_run(kind: str, key: str, run_dir: Path, cfg: Config, phase: PhaseSpec
                model: WSOLModel, train_ds: WSOLDataset, log: Log,
                extra: dict[str, Any] | None = None,
                siblings: tuple[Config, ...] = ()) -> Run:
-    from pixelcam.report import row_label  # report imports this module
-
     device = distributed.init(resolve_device(cfg.device))
     started = time.time()
     tracker = Tracker(f"{row_label(kind, cfg.method)}, {cfg.dataset}, seed {cfg.seed}",
@@ -327,7 +167,7 @@ def _write_sibling(run_dir: Path, key: str, cfg: Config, fitted: FitResult,
     """Make the finished baseline run of `cfg` from a training it shared (see `shares_training`):
     its B-LOC by its own map, the common B-CL, its own valpx curve; then its test evaluation."""
     sib_dir = baseline_dir(cfg)
-    with _locked(sib_dir):
+    with locked(sib_dir):
         if (sib_dir / "results.json").exists():  # trained meanwhile by another process
             (run_dir / "checkpoints" / f"b-loc@{cfg.map_method}.pt").unlink(missing_ok=True)
             return
@@ -352,108 +192,22 @@ def _write_sibling(run_dir: Path, key: str, cfg: Config, fitted: FitResult,
             t_eval, device, started, {"trained_with": key}))
 
 
-def _load_complete(kind: str, key: str, run_dir: Path, log: Log) -> Run | None:
-    path = run_dir / "results.json"
-    if not path.exists():
-        return None
-    log(f"[{kind}] reusing finished run {run_dir}")
-    return Run(kind, key, run_dir, read_back(path), reused=True)
-
-
-@dataclass
-class PlannedRun:
-    """A training that a run would need: what `planning()` records instead of training."""
-
-    kind: str
-    key: str
-    dir: Path
-    config: Config
-    epochs: int
-    cached: bool  # a finished run of this key is in the cache: it would be reused
-    shared_with: Path | None = None  # made by the training of that run (see shares_training)
-    needs: tuple[Path, ...] = ()  # runs its training reads (a PixelCAM run: its baseline)
-
-    @property
-    def status(self) -> str:
-        """cached (reused), shared (comes with another run's training) or to train."""
-        return "cached" if self.cached else "shared" if self.shared_with else "to train"
-
-    @property
-    def trains(self) -> bool:
-        return self.status == "to train"
-
-
-_planned: ContextVar[dict[Path, PlannedRun] | None] = ContextVar("planned", default=None)
-
-
-@contextmanager
-def planning() -> Iterator[dict[Path, PlannedRun]]:
-    """Inside, get_baseline/get_pixelcam/get_negev/get_unet train nothing: each records the run
-    it would train or reuse (once per run directory, in first-use order, so shared runs count
-    once) and returns a placeholder Run that only knows its kind, key and params."""
-    token = _planned.set({})
-    try:
-        yield _planned.get()
-    finally:
-        _planned.reset(token)
-
-
-def _cached(kind: str, key: str, cfg: Config, log: Log, train: Callable[[Path], Run],
-            epochs: int, needs: tuple[Path, ...] = ()) -> Run:
-    """Reuse the finished run `<kind>-<key>`, else train it under a lock (checked twice).
-
-    Under torchrun rank 0 looks and every rank follows its answer, so all ranks reuse or all
-    train together (each rank checking for itself could split them and hang the collectives).
-    With `cached_only` a run that is not finished is an error instead of a training.
-    """
-    run_dir = _run_dir(kind, key, cfg)
-    plan = _planned.get()
-    if plan is not None:
-        done = (run_dir / "results.json").exists()
-        plan.setdefault(run_dir, PlannedRun(kind, key, run_dir, cfg, epochs, done, needs=needs))
-        return Run(kind, key, run_dir, {"kind": kind, "key": key, "config": cfg.to_dict()},
-                   reused=done)
-    distributed.init(resolve_device(cfg.device))
-    log = distributed.quiet_unless_main(log)
-
-    def finished() -> bool:
-        return distributed.agree(lambda: (run_dir / "results.json").exists())
-
-    if finished() and (run := _load_complete(kind, key, run_dir, log)) is not None:
-        return run
-    if cfg.cached_only:
-        raise DataError(
-            f"{kind} run {run_dir} is not finished, and cached_only is set (the reports job of "
-            "`pixelcam reports --submit` trains nothing): `pixelcam jobs status` shows which "
-            "training is not done; submit again to train it, or drop cached_only")
-    with _locked(run_dir):
-        if finished() and (run := _load_complete(kind, key, run_dir, log)) is not None:
-            return run
-        return train(run_dir)
-
-
-# Baselines whose training is the same (the WGAP net, image cross-entropy) and whose runs differ
-# only in the map that picks B-LOC: one training serves all of them (see `get_baseline`).
-SHARED_TRAINING = frozenset({"cam", "gradcampp", "layercam"})
-
 
 def shares_training(cfg: Config) -> tuple[Config, ...]:
     """The other baselines of cfg's table (`table_methods`) that one training of cfg's baseline
     also yields: same network, same steps, bitwise the same weights at every epoch, so their
     B-LOC is selected by their own maps in the same training and their runs written with it."""
-    if cfg.method not in SHARED_TRAINING:
+    if not METHODS[cfg.method].shares_wgap_training:
         return ()
-    others = [m for m in dict.fromkeys(cfg.methods) if m in SHARED_TRAINING and m != cfg.method]
+    others = [m for m in dict.fromkeys(cfg.methods)
+              if METHODS[m].shares_wgap_training and m != cfg.method]
     return tuple(cfg.replace(method=m) for m in others)
 
-
-def _run_dir(kind: str, key: str, cfg: Config) -> Path:
-    return Path(cfg.cache_dir) / "runs" / f"{kind}-{key}"
 
 
 def baseline_dir(cfg: Config) -> Path:
     """Where the baseline run of cfg lives (finished or not)."""
-    return _run_dir("baseline", baseline_key(cfg), cfg)
+    return run_dir_of("baseline", baseline_key(cfg), cfg)
 
 
 def get_baseline(cfg: Config, log: Log = note) -> Run:
@@ -464,19 +218,19 @@ def get_baseline(cfg: Config, log: Log = note) -> Run:
     key = baseline_key(cfg)
     siblings = tuple(s for s in shares_training(cfg)
                      if not (baseline_dir(s) / "results.json").exists())
-    own_dir = _run_dir("baseline", key, cfg)
-    plan = _planned.get()
+    own_dir = run_dir_of("baseline", key, cfg)
+    plan = current_plan()
     planned_before = plan is not None and own_dir in plan
 
     def train(run_dir: Path) -> Run:
-        arch = "DeiT-Tiny" if cfg.method == "sat" else cfg.backbone
+        arch = METHODS[cfg.method].architecture_of(cfg)
         log(f"[baseline] training {cfg.method} on {arch} into {run_dir}")
         phase = PhaseSpec("baseline", cfg.map_method, cfg.epochs,
                           also_select=tuple(s.map_method for s in siblings))
         return _train_run("baseline", key, run_dir, cfg, phase, new_model(cfg, pixel=False),
                           dataset(cfg, "train", train=True), log, siblings=siblings)
 
-    run = _cached("baseline", key, cfg, log, train, cfg.epochs)
+    run = cached("baseline", key, cfg, log, train, cfg.epochs)
     if plan is not None and not planned_before and not run.reused:
         for s in siblings:  # they come with this training: no training of their own
             sib_dir = baseline_dir(s)
@@ -527,8 +281,8 @@ def get_pixelcam(cfg: Config, log: Log = note, baseline: Run | None = None) -> R
         base = baseline if baseline is not None and not cfg.cam_source else cam_baseline(cfg, log)
         cams = store_cams(base, cfg, cfg.cam_checkpoint, log)
         model = new_model(cfg, pixel=True)
-        missing, unexpected = model.load_state_dict(_weights(base.dir, cfg.init_checkpoint),
-                                                    strict=False)
+        missing, unexpected = model.load_state_dict(
+            checkpoint_weights(base.dir, cfg.init_checkpoint), strict=False)
         if unexpected or any(not k.startswith("pixel_head.") for k in missing):
             raise RuntimeError(f"baseline checkpoint does not match: {missing} {unexpected}")
         log(f"[pixelcam] training on {cfg.cam_checkpoint} CAMs from {cfg.init_checkpoint} weights"
@@ -540,7 +294,7 @@ def get_pixelcam(cfg: Config, log: Log = note, baseline: Run | None = None) -> R
 
     base_dir = baseline.dir if baseline is not None and not cfg.cam_source else \
         baseline_dir(cam_baseline_config(cfg))
-    return _cached("pixelcam", key, cfg, log, train, cfg.total_pixelcam_epochs, (base_dir,))
+    return cached("pixelcam", key, cfg, log, train, cfg.total_pixelcam_epochs, (base_dir,))
 
 
 def get_unet(cfg: Config, log: Log = note) -> Run:
@@ -553,7 +307,7 @@ def get_unet(cfg: Config, log: Log = note) -> Run:
         return _train_run("unet", key, run_dir, cfg, phase, model_for("unet", cfg),
                           dataset(cfg, "train", train=True, train_masks=True), log)
 
-    return _cached("unet", key, cfg, log, train, cfg.epochs)
+    return cached("unet", key, cfg, log, train, cfg.epochs)
 
 
 def get_negev(cfg: Config, log: Log = note, baseline: Run | None = None) -> Run:
@@ -564,7 +318,7 @@ def get_negev(cfg: Config, log: Log = note, baseline: Run | None = None) -> Run:
         base = baseline or get_baseline(cfg, log)
         cams = store_cams(base, cfg, cfg.cam_checkpoint, log)
         classifier = new_model(cfg, pixel=False)
-        classifier.load_state_dict(_weights(base.dir, cfg.init_checkpoint))
+        classifier.load_state_dict(checkpoint_weights(base.dir, cfg.init_checkpoint))
         log(f"[negev] training a decoder on the frozen {cfg.init_checkpoint} baseline into "
             f"{run_dir}")
         phase = PhaseSpec("negev", "negev", cfg.total_pixelcam_epochs)
@@ -573,7 +327,7 @@ def get_negev(cfg: Config, log: Log = note, baseline: Run | None = None) -> Run:
                           {"baseline_key": base.key})
 
     base_dir = baseline.dir if baseline is not None else baseline_dir(cfg)
-    return _cached("negev", key, cfg, log, train, cfg.total_pixelcam_epochs, (base_dir,))
+    return cached("negev", key, cfg, log, train, cfg.total_pixelcam_epochs, (base_dir,))
 
 
 def get_or_train(cfg: Config, log: Log = note) -> dict[str, Run]:
@@ -584,10 +338,11 @@ def get_or_train(cfg: Config, log: Log = note) -> dict[str, Run]:
 
 
 def config_for_method(cfg: Config, method: str) -> Config:
-    """The same experiment with another baseline; SAT needs DeiT-Tiny's 224x224 crops."""
+    """The same experiment with another baseline, at its fixed input size if it has one."""
     changes: dict[str, Any] = {"method": method}
-    if method == "sat" and cfg.image_size != 224:
-        changes.update(image_size=224, resize_size=256)
+    fixed = METHODS[method]
+    if fixed.input_size and cfg.image_size != fixed.input_size:
+        changes.update(image_size=fixed.input_size, resize_size=fixed.resize_size)
     return cfg.replace(**changes)
 
 
@@ -607,7 +362,7 @@ def table_runs(cfg: Config, log: Log = note, seeds: Iterable[int] | None = None
             mcfg = config_for_method(scfg, method)
             runs = get_or_train(mcfg, log)
             rows.append((mcfg, runs["baseline"]))
-            if scfg.table_negev and method != "sat":  # the paper has no SAT + NEGEV row
+            if scfg.table_negev and METHODS[method].negev_row:
                 rows.append((mcfg, get_negev(mcfg, log, runs["baseline"])))
             rows.append((mcfg, runs["pixelcam"]))
         if scfg.table_unet:
@@ -615,41 +370,3 @@ def table_runs(cfg: Config, log: Log = note, seeds: Iterable[int] | None = None
     return rows
 
 
-def cached_on(run: Run, data: Config, checkpoint: str, split: str, name: str,
-              compute: Callable[[torch.nn.Module, DataLoader, torch.device], Any]) -> Any:
-    """`compute(model, loader, device)` for a finished run's checkpoint on `data`'s split, kept
-    in the run's evaluations/ folder under `name` so a rerun reads it back (JSON-able results)."""
-    cfg = with_data_of(run.config, data)
-    path = run.dir / "evaluations" / f"{name}{checkpoint}-{data_key(cfg, split)}.json"
-    if path.exists():
-        return read_back(path)
-    device = resolve_device(data.device)
-    model = run.load_model(checkpoint, device)
-    loader = eval_loader(dataset(cfg, split), data.eval_batch_size, data.num_workers, device)
-    result = compute(model, loader, device)
-    write_json(path, result)
-    return result
-
-
-def evaluate_on(run: Run, data: Config, checkpoint: str, split: str = "test",
-                log: Log = note) -> dict[str, Any]:
-    """A finished run's checkpoint on another dataset's split (OOD, stain shift), cached."""
-    cfg = with_data_of(run.config, data)
-
-    def compute(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> dict:
-        result = evaluate_split(model, loader, run.map_method, device,
-                                resamples=data.ttest_resamples,
-                                resample_seed=data.seed).to_dict()
-        result["data"] = {k: getattr(cfg, k) for k in DATA_KEYS}
-        log(f"[eval] {run.kind} {run.dir.name} ({checkpoint}) on {cfg.dataset} {split}: "
-            f"PxAP {result['pxap']:.1f}")
-        return result
-
-    return cached_on(run, data, checkpoint, split, "", compute)
-
-
-def load_run(run_dir: str | Path) -> Run:
-    """A finished run from its directory (for re-checking reports against stored results)."""
-    run_dir = Path(run_dir)
-    results = read_back(run_dir / "results.json")
-    return Run(results["kind"], results["key"], run_dir, results, reused=True)
