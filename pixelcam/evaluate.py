@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from pixelcam.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from pixelcam.maps import compute_maps
 from pixelcam.metrics import PxAP, ResampledPxAP
 
@@ -164,8 +165,6 @@ def accuracy_only(model: torch.nn.Module, loader: DataLoader, device: torch.devi
 
 def to_image(x: torch.Tensor) -> np.ndarray:
     """Undo ImageNet normalisation for display: (3,H,W) tensor -> (H,W,3) float in [0,1]."""
-    from pixelcam.data.dataset import IMAGENET_MEAN, IMAGENET_STD
-
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return (x.cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()

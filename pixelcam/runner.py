@@ -25,6 +25,9 @@ from pixelcam.config import load_config, profiles, read_params
 from pixelcam.errors import ConfigError
 from pixelcam.watch import Watch
 
+# plan, weights and preflight are imported where they are used: they bring in torch and timm,
+# which `pixelcam reports --help`, the index page and a submitted reports job do not need
+
 KERNEL = "python3"
 TRAINS_TAG = "trains"  # the tag of a notebook cell that may train (pixelcam.plan lists what)
 

@@ -14,7 +14,9 @@ import torch
 
 from pixelcam.builders import dataset
 from pixelcam.config import Config
+from pixelcam.evaluate import to_image
 from pixelcam.pipelines import store_cams
+from pixelcam.report import pick_images
 from pixelcam.store import Run
 from pixelcam.train import bg_region_share, configured_seeds
 
@@ -123,9 +125,6 @@ def _with_run_seed(run: Run, cfg: Config) -> Config:
 def seed_grid(baselines: dict[str, Run], cfg: Config, per_class: int = 2) -> plt.Figure:
     """Train images with each baseline's CAM and the seeds drawn from it (FG red, BG cyan);
     the mask outline in white where the split has masks."""
-    from pixelcam.evaluate import to_image
-    from pixelcam.report import pick_images
-
     labels = [r.label for r in dataset(cfg, "train").records]
     idx = pick_images(labels, per_class)
     names = list(baselines)
