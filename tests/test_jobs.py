@@ -190,31 +190,34 @@ def test_slurm_queues_each_training_after_its_baseline_then_the_reports(tmp_path
 
 
 def test_smoke_profile_as_local_jobs_gives_the_numbers_of_a_plain_run(smoke_plain, tmp_path):
-    """Every training of the smoke profile as a job (two at a time), then the reports from the
-    run cache: every run and every report number equal the plain run's."""
+    """The trainings of two smoke notebooks as jobs (two at a time), then their reports from
+    the run cache: every run and every report number equal the plain run's. Notebook 01 has
+    every kind of job (baselines, a shared WGAP training, PixelCAM, NEGEV and SAT on their
+    baseline's job, the U-Net); 05 adds PixelCAM variants on a baseline of 01's."""
     from pixelcam.verify import verify
 
     assert smoke_plain.code == 0
+    only = ["01", "05"]
+    names = [n for n in NAMES if n[:2] in only]
     logs: list[str] = []
-    code = submit("smoke", ROOT, Resources("local", gpus_per_job=0, parallel=2),
+    code = submit("smoke", ROOT, Resources("local", gpus_per_job=0, parallel=2), only=only,
                   overrides={"cache_dir": str(tmp_path / "cache")}, outputs=tmp_path / "out",
                   log=logs.append)
     assert code == 0, "\n".join(logs)
     assert sum(line.startswith("started job") for line in logs) == \
-        sum(t.run.trains for t in plan_trainings(notebook_configs("smoke", ROOT, NAMES, {
+        sum(t.run.trains for t in plan_trainings(notebook_configs("smoke", ROOT, names, {
             "cache_dir": str(tmp_path / "fresh")})))
-    assert _results(tmp_path / "cache") == _results(smoke_plain.cache)
+    jobs_runs, plain_runs = _results(tmp_path / "cache"), _results(smoke_plain.cache)
+    assert len(jobs_runs) >= 10 and jobs_runs == {k: plain_runs[k] for k in jobs_runs}
     out = tmp_path / "out" / "smoke"
     problems, checked = verify(out)
-    assert problems == [] and checked > 100
-    for name in NAMES:
+    assert problems == [] and checked > 50
+    for name in names:
         jobs = json.loads((out / name / "results.json").read_text())["metrics"]
         plain = json.loads((smoke_plain.out / name / "results.json").read_text())["metrics"]
-        if name == "09_complexity":  # Table 11 times the models as the report runs
-            jobs, plain = ({k: v for k, v in m.items() if k != "table11"} for m in (jobs, plain))
         assert jobs == plain, name
     # the reports trained nothing: every run they show was finished by a job
-    for name in NAMES:
+    for name in names:
         runs = json.loads((out / name / "results.json").read_text())["runs"]
         assert all(info["reused"] for info in runs.values()), name
 

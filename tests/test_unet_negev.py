@@ -18,7 +18,13 @@ from pixelcam.losses import (
     negev_losses,
 )
 from pixelcam.models.model import build_model, count_parameters
-from pixelcam.models.negev import NEGEV, encoder_stage_channels, encoder_stages, negev_map
+from pixelcam.models.negev import (
+    NEGEV,
+    _stage_modules,
+    encoder_stage_channels,
+    encoder_stages,
+    negev_map,
+)
 from pixelcam.models.unet import UNet, UNetDecoder, segmentation_loss, unet_map
 from pixelcam.sampler import IGNORE_INDEX, sample_seeds_pb
 
@@ -164,6 +170,25 @@ def test_negev_shapes_and_param_count(classifier: nn.Module) -> None:
         f"difference {total - PAPER_NEGEV_PARAMS:+,}"
     )
     assert total == PAPER_NEGEV_PARAMS
+
+
+def test_negev_on_an_encoder_cut_at_an_earlier_feature_stage() -> None:
+    """EfficientNet-Lite0 cut at blocks.4 (feature_stage 3, the real-cpu profile's F) has 4 of
+    timm's 5 stages: the decoder reads those 4 (one block each), not the dropped deeper ones."""
+    classifier = build_model("efficientnet_lite0", pretrained="false", feature_stage=3,
+                             output_stride=16)
+    names = [n for n, _ in _stage_modules(classifier.encoder)]
+    assert names[-1] == classifier.encoder.last_stage_name and len(names) == 4
+    model = NEGEV(classifier).eval()
+    assert len(model.decoder.blocks) == 4
+    x = torch.randn(2, 3, 64, 64)
+    stages = encoder_stages(classifier.encoder, x)
+    assert [s.shape[1] for s in stages] == encoder_stage_channels(classifier.encoder)
+    torch.testing.assert_close(stages[-1], classifier.encoder(x))
+    seg, cls = model(x)
+    assert seg.shape == (2, 2, 64, 64) and cls.shape == (2, 2)
+    maps = negev_map(model, x)
+    assert maps.shape == (2, 64, 64) and maps.min() >= 0 and maps.max() <= 1
 
 
 def test_negev_rejects_a_model_without_encoder() -> None:

@@ -69,6 +69,8 @@ def _stage_modules(encoder: nn.Module) -> list[tuple[str, int]]:
             "pixelcam Encoder (pixelcam.models.backbones.create_encoder)."
         )
     entries = info.info if hasattr(info, "info") else list(info)
+    # an encoder cut at an earlier feature stage (`feature_stage`) ends there: F is its output
+    last = getattr(encoder, "last_stage_name", None)
     stages: list[tuple[str, int]] = []
     for entry in entries:
         name = entry["module"]
@@ -84,6 +86,8 @@ def _stage_modules(encoder: nn.Module) -> list[tuple[str, int]]:
                 f"encoder {getattr(encoder, 'name', '?')!r}: stage {name!r} is not in its timm "
                 "net; use a ResNet or an EfficientNet/MobileNet backbone for NEGEV."
             )
+        if stages[-1][0] == last:
+            break
     return stages
 
 
@@ -146,9 +150,10 @@ class NEGEV(nn.Module):
             )
         self.classifier = classifier
         self.freeze = bool(freeze)
-        self.decoder = UNetDecoder(
-            encoder_stage_channels(encoder), decoder_channels, align_corners=True
-        )
+        channels = encoder_stage_channels(encoder)
+        if tuple(decoder_channels) == DEFAULT_DECODER_CHANNELS:  # one block per stage it has
+            decoder_channels = DEFAULT_DECODER_CHANNELS[-len(channels):]
+        self.decoder = UNetDecoder(channels, decoder_channels, align_corners=True)
         if self.freeze:
             for p in self.classifier.parameters():
                 p.requires_grad_(False)
