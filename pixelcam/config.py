@@ -567,7 +567,14 @@ def group_of(name: str) -> str:
 
 def keys_in(*groups: str) -> list[str]:
     """The Config keys of these groups, in declaration order."""
-    return [f.name for f in fields(Config) if f.metadata.get("group") in groups]
+    return [name for name, group in _GROUPS.items() if group in groups]
+
+
+def ungrouped_keys(cls: type = Config) -> list[str]:
+    """The fields of a Config (sub)class declared without a group of HASHED_GROUPS or
+    UNHASHED_GROUPS: each must say whether it defines a training (`key`)."""
+    return [f.name for f in fields(cls)
+            if f.metadata.get("group") not in (*HASHED_GROUPS, *UNHASHED_GROUPS)]
 
 
 def training_dict(cfg: Config, *leave_out: str) -> dict[str, Any]:

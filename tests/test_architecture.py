@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pixelcam.data.synthetic import DOMAINS
 from pixelcam.datasets import DATASETS
 from pixelcam.methods import METHODS
 
@@ -77,4 +78,5 @@ def test_no_module_outside_the_registry_compares_a_dataset_by_name():
     assert found == []
     for name, info in DATASETS.items():
         assert info.partner in DATASETS and info.partner != name
+        assert info.synthetic_domain in DOMAINS and info.prepare is not None
         assert set(info.class_names) == {0, 1}

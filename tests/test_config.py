@@ -17,6 +17,7 @@ from pixelcam.config import (
     pixelcam_key,
     training_dict,
     unet_key,
+    ungrouped_keys,
     valid_keys,
 )
 from pixelcam.errors import ConfigError
@@ -306,13 +307,12 @@ def test_a_block_entry_of_a_notebook_file_replaces_only_that_entry(tmp_path):
 
 def test_every_key_is_in_a_hashed_or_an_unhashed_group():
     """A new Config key must say whether it defines a training: an ungrouped one fails here."""
-    groups = {f.name: f.metadata.get("group") for f in dataclasses.fields(Config)}
-    ungrouped = [name for name, group in groups.items()
-                 if group not in (*HASHED_GROUPS, *UNHASHED_GROUPS)]
+    ungrouped = ungrouped_keys()
     assert ungrouped == [], (f"Config keys {ungrouped} have no group: declare them with "
                              "key(<group>, default), a group of HASHED_GROUPS or UNHASHED_GROUPS")
     assert not set(HASHED_GROUPS) & set(UNHASHED_GROUPS)
-    assert {group_of(k) for k in groups} == {*HASHED_GROUPS, *UNHASHED_GROUPS}
+    assert {group_of(f.name) for f in dataclasses.fields(Config)} == {
+        *HASHED_GROUPS, *UNHASHED_GROUPS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,9 +321,7 @@ class _WithUngroupedKey(Config):
 
 
 def test_the_group_check_catches_a_key_without_a_group():
-    names = [f.name for f in dataclasses.fields(_WithUngroupedKey)
-             if f.metadata.get("group") not in (*HASHED_GROUPS, *UNHASHED_GROUPS)]
-    assert names == ["new_knob"]
+    assert ungrouped_keys(_WithUngroupedKey) == ["new_knob"]
 
 
 def _changed(value):

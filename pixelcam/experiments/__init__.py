@@ -5,6 +5,7 @@ from the run store (pixelcam.pipelines), so a run that two notebooks share is tr
 """
 
 from pixelcam.builders import data_key, data_paths, dataset, model_for, with_data_of
+from pixelcam.datasets import partner as other_dataset
 from pixelcam.evaluate import resolve_device
 from pixelcam.evaluations import cached_on, evaluate_on
 from pixelcam.experiments.ablations import (
@@ -22,7 +23,6 @@ from pixelcam.experiments.complexity import complexity_table, count_parameters
 from pixelcam.experiments.external import external_runs, external_table
 from pixelcam.experiments.main_tables import (
     dataset_runs,
-    other_dataset,
     pairs,
     seed_named_runs,
     seed_ttest,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 
 from pixelcam.config import Config
+from pixelcam.datasets import partner as other_dataset
 from pixelcam.evaluations import evaluate_on
-from pixelcam.experiments.main_tables import other_dataset
 from pixelcam.pipelines import config_for_method, get_baseline, get_or_train, get_pixelcam
 from pixelcam.progress import note
 from pixelcam.report import comparison, method_label, scores

@@ -9,17 +9,11 @@ from typing import Any
 import pandas as pd
 
 from pixelcam.config import Config
-from pixelcam.datasets import partner
 from pixelcam.metrics import paired_ttest
 from pixelcam.pipelines import table_runs
 from pixelcam.progress import note
 from pixelcam.report import method_label, paper_rows, run_seed
 from pixelcam.store import Log, Run
-
-
-def other_dataset(name: str) -> str:
-    """The dataset that `name`'s cross-dataset experiments pair it with (GlaS <-> CAMELYON16)."""
-    return partner(name)
 
 
 def dataset_runs(cfg: Config, log: Log = note, *, all_seeds: bool = False

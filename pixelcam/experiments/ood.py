@@ -7,8 +7,9 @@ from typing import Any
 import pandas as pd
 
 from pixelcam.config import Config
+from pixelcam.datasets import partner as other_dataset
 from pixelcam.evaluations import evaluate_on
-from pixelcam.experiments.main_tables import dataset_runs, other_dataset
+from pixelcam.experiments.main_tables import dataset_runs
 from pixelcam.progress import note
 from pixelcam.report import comparison, method_label, scores
 from pixelcam.store import Log, Run

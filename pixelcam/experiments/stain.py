@@ -12,8 +12,8 @@ from PIL import Image
 from pixelcam.builders import data_key, data_paths, dataset
 from pixelcam.config import Config
 from pixelcam.data.stain import StainLevels, fit_stain_levels, write_restained_split
+from pixelcam.datasets import partner as other_dataset
 from pixelcam.evaluations import evaluate_on
-from pixelcam.experiments.main_tables import other_dataset
 from pixelcam.figures import image_strip
 from pixelcam.progress import note
 from pixelcam.report import METRIC_NAMES, method_label, scores
