@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from pixelcam.config import Config
-from pixelcam.datasets import partner as other_dataset
+from pixelcam.datasets import partner
 from pixelcam.evaluations import evaluate_on
 from pixelcam.pipelines import config_for_method, get_baseline, get_or_train, get_pixelcam
 from pixelcam.progress import note
@@ -20,7 +20,7 @@ def external_runs(cfg: Config, method: str = "layercam", log: Log = note
     out = {}
     for name in cfg.dataset_names:
         dcfg = config_for_method(cfg.for_dataset(name), method)
-        other = other_dataset(name)
+        other = partner(name)
         out[name] = (get_or_train(dcfg, log), get_baseline(dcfg.for_dataset(other), log),
                      get_pixelcam(dcfg.replace(cam_source=other), log))
     return out

@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 
 from pixelcam.config import Config
-from pixelcam.datasets import partner as other_dataset
+from pixelcam.datasets import partner
 from pixelcam.evaluations import evaluate_on
 from pixelcam.experiments.main_tables import dataset_runs
 from pixelcam.progress import note
@@ -18,7 +18,7 @@ from pixelcam.store import Log, Run
 def ood_rows(cfg: Config, source: str, runs: list[Run] | None = None, log: Log = note
              ) -> tuple[str, list[tuple[Run, dict[str, Any]]]]:
     """Every Table 1 run trained on `source`, evaluated on the other dataset's test split."""
-    target = other_dataset(source)
+    target = partner(source)
     tcfg = cfg.for_dataset(target)
     if runs is None:
         runs = dataset_runs(cfg.replace(datasets=source), log)[source]

@@ -12,7 +12,7 @@ from PIL import Image
 from pixelcam.builders import data_key, data_paths, dataset
 from pixelcam.config import Config
 from pixelcam.data.stain import StainLevels, fit_stain_levels, write_restained_split
-from pixelcam.datasets import partner as other_dataset
+from pixelcam.datasets import partner
 from pixelcam.evaluations import evaluate_on
 from pixelcam.figures import image_strip
 from pixelcam.progress import note
@@ -24,7 +24,7 @@ def stain_levels_for(cfg: Config, log: Log = note):
     """The frozen stain levels of cfg's dataset restained with the other dataset's styles."""
     if cfg.stain_levels_file:
         return StainLevels.load(cfg.stain_levels_file)
-    target = cfg.for_dataset(other_dataset(cfg.dataset))
+    target = cfg.for_dataset(partner(cfg.dataset))
     s_root, s_fold = data_paths(cfg)
     t_root, t_fold = data_paths(target)
     name = f"levels-{data_key(cfg, 'train')}-{data_key(target, 'train')}-{cfg.stain_levels}.json"
